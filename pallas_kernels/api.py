@@ -1,0 +1,118 @@
+"""`linear_scan`: the one entry point for the diagonal linear recurrence.
+
+The model calls only this function. It validates its inputs, picks an
+implementation for the backend and returns `(y, h_last)`:
+
+    h_t = a_t * h_{t-1} + x_t,  h_{-1} = h0,  y_t = h_t
+
+Shapes: `x, a: [B, T, D]` (float32 or bfloat16, they may differ),
+`h0: [B, D]` float32 or None (zeros). Returns `y: [B, T, D]` in x's dtype
+and `h_last: [B, D]` float32. Accumulation is always float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import reference
+
+ScanFn = Callable[..., tuple[jax.Array, jax.Array]]
+
+IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
+
+# Implementations registered by the kernel modules (`pallas_tpu`, `pallas_gpu`)
+# when they import successfully; the pure-JAX ones are always present.
+_REGISTRY: dict[str, ScanFn] = {
+    "sequential": reference.sequential_scan,
+    "associative": reference.associative_scan,
+}
+
+
+def register_impl(name: str, fn: ScanFn) -> None:
+  """Registers a scan implementation under one of the names in `IMPLS`."""
+  if name not in IMPLS or name == "auto":
+    raise ValueError(f"impl name must be one of {IMPLS[1:]}, got {name!r}")
+  _REGISTRY[name] = fn
+
+
+def available_impls() -> tuple[str, ...]:
+  """The implementations that can run in this process."""
+  return tuple(n for n in IMPLS if n in _REGISTRY)
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+  """Maps `impl` (possibly "auto") to a concrete registered implementation."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl != "auto":
+    if impl not in _REGISTRY:
+      raise ValueError(
+          f"impl={impl!r} is not available in this process "
+          f"(available: {available_impls()})"
+      )
+    return impl
+  backend = backend or jax.default_backend()
+  preferred = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}
+  choice = preferred.get(backend)
+  if choice in _REGISTRY:
+    return choice
+  return "associative"
+
+
+def _check_inputs(x, a, h0) -> None:
+  if x.ndim != 3:
+    raise ValueError(f"x must be [B, T, D], got shape {x.shape}")
+  if a.shape != x.shape:
+    raise ValueError(f"a must have x's shape {x.shape}, got {a.shape}")
+  for name, arr in (("x", x), ("a", a)):
+    if arr.dtype not in (jnp.float32, jnp.bfloat16):
+      raise ValueError(f"{name} must be float32 or bfloat16, got {arr.dtype}")
+  if h0 is not None and h0.shape != (x.shape[0], x.shape[2]):
+    raise ValueError(
+        f"h0 must be [B, D] = {(x.shape[0], x.shape[2])}, got {h0.shape}"
+    )
+
+
+def linear_scan(
+    x: jax.Array,
+    a: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    reverse: bool = False,
+    impl: str = "auto",
+    interpret: bool = False,
+    **kernel_options,
+) -> tuple[jax.Array, jax.Array]:
+  """Runs `h_t = a_t * h_{t-1} + x_t` along axis 1.
+
+  Args:
+    x: `[B, T, D]` inputs, float32 or bfloat16.
+    a: `[B, T, D]` gates, float32 or bfloat16.
+    h0: optional `[B, D]` initial state (float32; zeros when None).
+    reverse: run from the last step to the first (`h_last` is then the state
+      after step 0).
+    impl: one of `IMPLS`; "auto" picks the Pallas kernel of the backend when
+      one is registered and the associative scan otherwise.
+    interpret: run Pallas kernels in interpret mode (CPU testing).
+    **kernel_options: block-size overrides forwarded to Pallas kernels.
+
+  Returns:
+    `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
+  """
+  x, a = jnp.asarray(x), jnp.asarray(a)
+  _check_inputs(x, a, h0)
+  name = resolve_impl(impl)
+  if h0 is None:
+    h0 = jnp.zeros((x.shape[0], x.shape[2]), jnp.float32)
+  h0 = jnp.asarray(h0, jnp.float32)
+  fn = _REGISTRY[name]
+  if name.startswith("pallas"):
+    y, h_last = fn(
+        x, a, h0, reverse=reverse, interpret=interpret, **kernel_options
+    )
+  else:
+    y, h_last = fn(x, a, h0, reverse=reverse)
+  return y.astype(x.dtype), h_last.astype(jnp.float32)

@@ -1,0 +1,131 @@
+"""Pure-JAX and NumPy implementations of the diagonal linear scan.
+
+    h_t = a_t * h_{t-1} + x_t,   h_{-1} = h0
+
+All arrays are `[B, T, D]` (batch, time, features); `h0` and `h_last` are
+`[B, D]` float32. Accumulation always happens in float32. These are the
+oracles for the Pallas kernels and the portable fallbacks of `linear_scan`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _flip_time(x: jax.Array, reverse: bool) -> jax.Array:
+  return jnp.flip(x, axis=1) if reverse else x
+
+
+def sequential_scan(
+    x: jax.Array, a: jax.Array, h0: jax.Array, *, reverse: bool = False
+) -> tuple[jax.Array, jax.Array]:
+  """`lax.scan` over time; O(T) sequential steps, exact in float32.
+
+  Args:
+    x: `[B, T, D]` inputs.
+    a: `[B, T, D]` decay gates.
+    h0: `[B, D]` float32 initial state.
+    reverse: scan from the last time step to the first.
+
+  Returns:
+    `(y [B, T, D] float32, h_last [B, D] float32)`.
+  """
+
+  def step(h, xa):
+    x_t, a_t = xa
+    h = a_t.astype(jnp.float32) * h + x_t.astype(jnp.float32)
+    return h, h
+
+  xs = (jnp.swapaxes(x, 0, 1), jnp.swapaxes(a, 0, 1))
+  h_last, ys = jax.lax.scan(step, h0, xs, reverse=reverse, unroll=8)
+  return jnp.swapaxes(ys, 0, 1), h_last
+
+
+def associative_scan(
+    x: jax.Array, a: jax.Array, h0: jax.Array, *, reverse: bool = False
+) -> tuple[jax.Array, jax.Array]:
+  """`lax.associative_scan` over time: O(log T) depth, O(T log T) work.
+
+  Same contract as `sequential_scan`.
+  """
+  x = _flip_time(x.astype(jnp.float32), reverse)
+  a = _flip_time(a.astype(jnp.float32), reverse)
+  # Fold h0 into the first input so that no extra time step is needed.
+  x = x.at[:, 0].add(a[:, 0] * h0)
+
+  def combine(left, right):
+    a_l, x_l = left
+    a_r, x_r = right
+    return a_l * a_r, a_r * x_l + x_r
+
+  _, y = jax.lax.associative_scan(combine, (a, x), axis=1)
+  y = _flip_time(y, reverse)
+  h_last = y[:, 0] if reverse else y[:, -1]
+  return y, h_last
+
+
+def numpy_scan(
+    x: np.ndarray,
+    a: np.ndarray,
+    h0: np.ndarray | None = None,
+    *,
+    reverse: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Float64 NumPy oracle: `(y [B, T, D], h_last [B, D])` in float64."""
+  x = np.asarray(x, np.float64)
+  a = np.asarray(a, np.float64)
+  b, t, d = x.shape
+  h = np.zeros((b, d)) if h0 is None else np.asarray(h0, np.float64).copy()
+  y = np.empty_like(x)
+  steps = range(t - 1, -1, -1) if reverse else range(t)
+  for i in steps:
+    h = a[:, i] * h + x[:, i]
+    y[:, i] = h
+  return y, h
+
+
+def numpy_scan_vjp(
+    x: np.ndarray,
+    a: np.ndarray,
+    h0: np.ndarray | None,
+    dy: np.ndarray,
+    dh_last: np.ndarray,
+    *,
+    reverse: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Float64 gradients `(dx, da, dh0)` of `sum(y*dy) + sum(h_last*dh_last)`.
+
+  The backward of a forward scan is a reverse scan of `dy` with the gates
+  shifted by one step: `g_t = dy_t + a_{t+1} g_{t+1}`, `dx_t = g_t`,
+  `da_t = g_t * h_{t-1}`, `dh0 = a_0 g_0` (in the scan's own direction).
+  """
+  x = np.asarray(x, np.float64)
+  a = np.asarray(a, np.float64)
+  dy = np.asarray(dy, np.float64)
+  b, t, d = x.shape
+  h0 = np.zeros((b, d)) if h0 is None else np.asarray(h0, np.float64)
+  if reverse:
+    flip = lambda z: z[:, ::-1]
+    dx, da, dh0 = numpy_scan_vjp(
+        flip(x), flip(a), h0, flip(dy), dh_last, reverse=False
+    )
+    return flip(dx), flip(da), dh0
+  y, _ = numpy_scan(x, a, h0)
+  h_prev = np.concatenate([h0[:, None], y[:, :-1]], axis=1)
+  g = np.asarray(dh_last, np.float64).copy()
+  dx = np.empty_like(x)
+  next_a = np.ones((b, d))
+  # g accumulates from the end: g_t = dy_t + a_{t+1} g_{t+1}.
+  g = np.zeros((b, d)) + g
+  for i in range(t - 1, -1, -1):
+    if i == t - 1:
+      g = dy[:, i] + g  # dh_last flows into the last state directly.
+    else:
+      g = dy[:, i] + next_a * g
+    dx[:, i] = g
+    next_a = a[:, i]
+  da = dx * h_prev
+  dh0 = a[:, 0] * dx[:, 0]
+  return dx, da, dh0
