@@ -1,0 +1,233 @@
+"""`GriffinConfig`: the hyper-parameters of a Griffin, Hawk or MQA model.
+
+The fields mirror the official RecurrentGemma config (`vocab_size`, `width`,
+`mlp_expanded_width`, `num_heads`, `lru_width`, `block_types`,
+`attention_window_size`, `logits_soft_cap`, `embeddings_scale_by_sqrt_dim`)
+and add what a training framework needs (dtypes, scan implementation, remat).
+Every invalid value raises `ConfigError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+SCAN_IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+class ConfigError(ValueError):
+  """An invalid model configuration; the message names the field."""
+
+
+class BlockType(str, enum.Enum):
+  """The temporal-mixing layer of a residual block."""
+
+  RECURRENT = "recurrent"
+  ATTENTION = "attention"
+
+  @classmethod
+  def parse(cls, value: Any) -> "BlockType":
+    """Accepts a BlockType, its value, or an official enum / its name."""
+    if isinstance(value, cls):
+      return value
+    name = getattr(value, "name", value)  # official TemporalBlockType enums
+    if isinstance(name, str) and name.lower() in {m.value for m in cls}:
+      return cls(name.lower())
+    raise ConfigError(
+        f"block_types: unknown block type {value!r}; allowed: "
+        f"{[m.value for m in cls]}"
+    )
+
+
+def _dtype_name(field: str, value: Any) -> str:
+  try:
+    name = jnp.dtype(value).name
+  except TypeError:
+    name = None
+  if name not in DTYPES:
+    raise ConfigError(f"{field}: {value!r} is not one of {DTYPES}")
+  return name
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GriffinConfig:
+  """Hyper-parameters of a Griffin-family language model.
+
+  Attributes:
+    vocab_size: number of tokens in the vocabulary.
+    width: model width D (embeddings and residual stream).
+    mlp_expanded_width: hidden width of the GeGLU MLP.
+    num_heads: attention query heads; must divide `width`.
+    block_types: the temporal block of each residual block, in order.
+    attention_window_size: local attention sees the last `window + 1` tokens;
+      None means global causal attention (the paper's MQA Transformer).
+    logits_soft_cap: `cap * tanh(logits / cap)` when > 0.
+    embeddings_scale_by_sqrt_dim: scale embeddings by sqrt(width), rounded
+      to bfloat16 as in the released checkpoints.
+    lru_width: RG-LRU width (defaults to `width`).
+    lru_num_heads: diagonal blocks of the RG-LRU gates (defaults to
+      `num_heads`, as in the official model); must divide `lru_width`.
+    conv1d_temporal_width: taps of the causal depthwise convolution.
+    dtype: compute dtype ("float32" or "bfloat16").
+    param_dtype: parameter storage dtype.
+    scan_impl: RG-LRU scan implementation (see `pallas_kernels.IMPLS`).
+    fused_rg_lru: use the fused RG-LRU kernel when the scan impl has one.
+    remat: rematerialisation policy for each residual block.
+  """
+
+  vocab_size: int
+  width: int
+  mlp_expanded_width: int
+  num_heads: int
+  block_types: tuple[BlockType, ...]
+  attention_window_size: int | None = 2048
+  logits_soft_cap: float = 0.0
+  embeddings_scale_by_sqrt_dim: bool = False
+  lru_width: int | None = None
+  lru_num_heads: int | None = None
+  conv1d_temporal_width: int = 4
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_impl: str = "auto"
+  fused_rg_lru: bool = True
+  remat: str = "none"
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)
+    if isinstance(self.block_types, (str, bytes)) or not isinstance(
+        self.block_types, Iterable
+    ):
+      raise ConfigError(
+          f"block_types: expected a sequence of block types, got "
+          f"{self.block_types!r}"
+      )
+    set_("block_types", tuple(BlockType.parse(b) for b in self.block_types))
+    if not self.block_types:
+      raise ConfigError("block_types: at least one block is required")
+    for field in ("vocab_size", "width", "mlp_expanded_width", "num_heads",
+                  "conv1d_temporal_width"):
+      _require_positive_int(field, getattr(self, field))
+    for field in ("lru_width", "lru_num_heads"):
+      if getattr(self, field) is not None:
+        _require_positive_int(field, getattr(self, field))
+    if self.width % self.num_heads:
+      raise ConfigError(
+          f"num_heads: {self.num_heads} must divide width={self.width}"
+      )
+    if self.has_recurrence and self.lru_width_resolved % self.lru_heads:
+      field = "lru_num_heads" if self.lru_num_heads else "num_heads"
+      raise ConfigError(
+          f"{field}: {self.lru_heads} must divide "
+          f"lru_width={self.lru_width_resolved} (set lru_num_heads to a "
+          "divisor)"
+      )
+    if self.has_attention and self.head_dim % 2:
+      raise ConfigError(
+          f"num_heads: head_dim = width / num_heads = {self.head_dim} must be"
+          " even for rotary embeddings"
+      )
+    if self.attention_window_size is not None:
+      _require_positive_int("attention_window_size", self.attention_window_size)
+    if not (isinstance(self.logits_soft_cap, (int, float))
+            and self.logits_soft_cap >= 0):
+      raise ConfigError(
+          f"logits_soft_cap: must be a number >= 0, got {self.logits_soft_cap!r}"
+      )
+    set_("logits_soft_cap", float(self.logits_soft_cap))
+    if not isinstance(self.embeddings_scale_by_sqrt_dim, bool):
+      raise ConfigError("embeddings_scale_by_sqrt_dim: must be a bool")
+    set_("dtype", _dtype_name("dtype", self.dtype))
+    set_("param_dtype", _dtype_name("param_dtype", self.param_dtype))
+    if self.scan_impl not in SCAN_IMPLS:
+      raise ConfigError(
+          f"scan_impl: {self.scan_impl!r} is not one of {SCAN_IMPLS}"
+      )
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f"remat: {self.remat!r} is not one of {REMAT_POLICIES}")
+
+  # Derived quantities ------------------------------------------------------
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.block_types)
+
+  @property
+  def lru_width_resolved(self) -> int:
+    return self.lru_width or self.width
+
+  @property
+  def lru_heads(self) -> int:
+    """Diagonal blocks of the RG-LRU gates."""
+    return self.lru_num_heads or self.num_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def has_attention(self) -> bool:
+    return BlockType.ATTENTION in self.block_types
+
+  @property
+  def has_recurrence(self) -> bool:
+    return BlockType.RECURRENT in self.block_types
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> "GriffinConfig":
+    """A copy with `changes` applied (validated again)."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ConfigError(
+          f"unknown config field(s) {sorted(unknown)}; allowed: "
+          f"{[f.name for f in dataclasses.fields(self)]}"
+      )
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_preset(cls, name: str, **overrides) -> "GriffinConfig":
+    """A named preset (see `presets.PRESETS`), with optional overrides."""
+    from recurrentgemma_jax import presets  # pylint: disable=g-import-not-at-top
+
+    return presets.get(name).replace(**overrides) if overrides else (
+        presets.get(name)
+    )
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["block_types"] = [b.value for b in self.block_types]
+    return out
+
+
+def _require_positive_int(field: str, value: Any) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ConfigError(f"{field}: must be a positive integer, got {value!r}")
+
+
+def griffin_pattern(depth: int) -> tuple[BlockType, ...]:
+  """(recurrent, recurrent, attention) repeated, truncated to `depth`."""
+  cycle = (BlockType.RECURRENT, BlockType.RECURRENT, BlockType.ATTENTION)
+  return tuple(cycle[i % 3] for i in range(depth))
+
+
+def block_pattern(kind: str, depth: int) -> Sequence[BlockType]:
+  """Block types of a `griffin`, `hawk` or `mqa` model of `depth` blocks."""
+  if kind == "griffin":
+    return griffin_pattern(depth)
+  if kind == "hawk":
+    return (BlockType.RECURRENT,) * depth
+  if kind == "mqa":
+    return (BlockType.ATTENTION,) * depth
+  raise ConfigError(f"model kind {kind!r} is not one of griffin, hawk, mqa")

@@ -1,0 +1,161 @@
+"""`Griffin`: the Griffin / Hawk / MQA language model in Flax NNX."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.nn.embedding import Embedder
+from recurrentgemma_jax.nn.normalization import RMSNorm
+from recurrentgemma_jax.nn.residual import BlockCache
+from recurrentgemma_jax.nn.residual import ResidualBlock
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class GriffinCache(NamedTuple):
+  """Decoding state of the whole model; its size does not grow with length.
+
+  Attributes:
+    blocks: one cache per residual block.
+    num_tokens: `[B]` int32, tokens consumed so far in each row.
+    doc_id: `[B]` int32, documents started so far in each row.
+  """
+
+  blocks: tuple[BlockCache, ...]
+  num_tokens: jax.Array
+  doc_id: jax.Array
+
+
+class Griffin(nnx.Module):
+  """Griffin-family language model (De et al. 2024, arXiv 2402.19427).
+
+  `model(tokens, segment_pos)` returns logits `[B, T, vocab]`. Packed rows are
+  supported: `segment_pos` restarts at 0 at every document, and no layer
+  mixes information across a document start.
+
+  Example:
+    >>> config = GriffinConfig.from_preset("griffin-100m", vocab_size=256)
+    >>> model = Griffin(config, rngs=nnx.Rngs(0))
+    >>> logits = model(tokens, segment_pos)          # [B, T, 256]
+  """
+
+  def __init__(self, config: GriffinConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    kw = dict(dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
+              rngs=rngs)
+    self.embedder = Embedder(
+        config.vocab_size, config.width,
+        scale_by_sqrt_dim=config.embeddings_scale_by_sqrt_dim, **kw,
+    )
+    self.blocks = nnx.List(
+        [ResidualBlock(config, bt, rngs=rngs) for bt in config.block_types]
+    )
+    self.final_norm = RMSNorm(config.width, **kw)
+
+  def init_cache(
+      self, batch_size: int, length: int | None = None
+  ) -> GriffinCache:
+    """An empty decoding cache; `length` is needed for global attention."""
+    dtype = self.config.compute_dtype
+    return GriffinCache(
+        blocks=tuple(b.init_cache(batch_size, dtype, length)
+                     for b in self.blocks),
+        num_tokens=jnp.zeros((batch_size,), jnp.int32),
+        doc_id=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+  def __call__(
+      self,
+      tokens: jax.Array,
+      segment_pos: jax.Array,
+      cache: GriffinCache | None = None,
+      *,
+      return_cache: bool = False,
+  ) -> jax.Array | tuple[jax.Array, GriffinCache]:
+    """Runs the model.
+
+    Args:
+      tokens: `[B, T]` integer token ids.
+      segment_pos: `[B, T]` integer position of each token in its document.
+      cache: state after earlier tokens; the call then continues those rows
+        (decoding one token, or a chunk of several).
+      return_cache: also return the state after this call.
+
+    Returns:
+      logits `[B, T, vocab]`, and the new `GriffinCache` when `return_cache`.
+    """
+    tokens, segment_pos = _check_inputs(tokens, segment_pos, self.config)
+    b, t = tokens.shape
+    if cache is not None and cache.num_tokens.shape != (b,):
+      raise ValueError(
+          f"cache is for batch {cache.num_tokens.shape[0]}, tokens have {b}"
+      )
+    start = cache.num_tokens if cache is not None else jnp.zeros((b,), jnp.int32)
+    doc0 = cache.doc_id if cache is not None else jnp.zeros((b,), jnp.int32)
+    positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)
+    doc_ids = doc0[:, None] + jnp.cumsum(segment_pos == 0, axis=1,
+                                         dtype=jnp.int32)
+
+    x = self.embedder.encode(tokens)
+    new_blocks = []
+    for i, block in enumerate(self.blocks):
+      block_cache = None if cache is None else cache.blocks[i]
+      if self.config.remat != "none" and cache is None and not return_cache:
+        x = _remat_block(block, x, segment_pos, positions, doc_ids,
+                         self.config.remat)
+        continue
+      x, block_cache = block(x, segment_pos, positions, doc_ids, block_cache,
+                             return_cache)
+      new_blocks.append(block_cache)
+
+    logits = self.embedder.decode(self.final_norm(x))
+    cap = self.config.logits_soft_cap
+    if cap:
+      logits = jnp.tanh(logits / cap) * cap
+    if not return_cache:
+      return logits
+    return logits, GriffinCache(
+        blocks=tuple(new_blocks), num_tokens=start + t, doc_id=doc_ids[:, -1]
+    )
+
+
+def _remat_block(block, x, segment_pos, positions, doc_ids, policy: str):
+  """Calls `block` under `nnx.remat` with the named checkpoint policy."""
+
+  def run(block, x, segment_pos, positions, doc_ids):
+    return block(x, segment_pos, positions, doc_ids)[0]
+
+  return nnx.remat(run, policy=REMAT_POLICIES[policy])(
+      block, x, segment_pos, positions, doc_ids
+  )
+
+
+def _check_inputs(tokens, segment_pos, config: GriffinConfig):
+  """Rejects malformed inputs with a message, before any tracing work."""
+  tokens = jnp.asarray(tokens)
+  segment_pos = jnp.asarray(segment_pos)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+  if segment_pos.shape != tokens.shape:
+    raise ValueError(
+        f"segment_pos shape {segment_pos.shape} must equal tokens shape "
+        f"{tokens.shape}"
+    )
+  if not jnp.issubdtype(segment_pos.dtype, jnp.integer):
+    raise TypeError(
+        f"segment_pos must be integers, got dtype {segment_pos.dtype}"
+    )
+  if tokens.shape[1] == 0:
+    raise ValueError("tokens must hold at least one time step")
+  return tokens, segment_pos.astype(jnp.int32)

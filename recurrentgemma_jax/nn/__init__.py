@@ -1,0 +1,1 @@
+"""Flax NNX layers of the Griffin family (one module per layer kind)."""

@@ -1,0 +1,82 @@
+"""Dense and block-diagonal linear layers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recurrentgemma_jax.nn import params as P
+
+
+class Dense(nnx.Module):
+  """`y = x @ kernel + bias` with kernel `[in, out]` (the official layout).
+
+  Init: normal with std `sqrt(scale / in_features)` (fan-in), bias zeros.
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      *,
+      axes: P.Axes,
+      use_bias: bool = True,
+      scale: float = 1.0,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    self.dtype = dtype
+    self.kernel = P.param(
+        rngs, P.normal((scale / in_features) ** 0.5),
+        (in_features, out_features), axes, param_dtype,
+    )
+    self.bias = (
+        P.param(rngs, P.zeros(), (out_features,), (axes[1],), param_dtype)
+        if use_bias else None
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[..., in] -> [..., out]` in the compute dtype."""
+    y = jnp.dot(P.cast(x, self.dtype), P.cast(self.kernel, self.dtype))
+    if self.bias is not None:
+      y = y + P.cast(self.bias, self.dtype)
+    return y
+
+
+class BlockDiagonalLinear(nnx.Module):
+  """Linear map that is block-diagonal over `num_blocks` heads.
+
+  `w: [H, D/H, D/H]`, `b: [H, D/H]`. Because blocks never mix heads, sharding
+  the head axis keeps the RG-LRU gates free of communication.
+  Init: normal with std `1/sqrt(D/H)` (the fan-in of one block).
+  """
+
+  def __init__(
+      self,
+      width: int,
+      num_blocks: int,
+      *,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    block = width // num_blocks
+    self.num_blocks = num_blocks
+    self.dtype = dtype
+    self.w = P.param(
+        rngs, P.normal(block ** -0.5), (num_blocks, block, block),
+        ("rnn_heads", None, None), param_dtype,
+    )
+    self.b = P.param(
+        rngs, P.zeros(), (num_blocks, block), ("rnn_heads", None), param_dtype
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[..., D] -> [..., D]`."""
+    x = P.cast(x, self.dtype)
+    x = x.reshape(*x.shape[:-1], self.num_blocks, -1)
+    y = jnp.einsum("...hi,hij->...hj", x, P.cast(self.w, self.dtype))
+    y = y + P.cast(self.b, self.dtype)
+    return y.reshape(*y.shape[:-2], -1)

@@ -1,0 +1,48 @@
+"""GeGLU feed-forward block."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn.linear import Dense
+
+
+class MLPBlock(nnx.Module):
+  """`down(gelu_tanh(x @ w[0] + b[0]) * (x @ w[1] + b[1]))`.
+
+  `ffw_up.w: [2, D, F]`, `ffw_up.b: [2, 1, 1, F]` (the official layout; the
+  two up projections are one einsum), `ffw_down: [F, D]`.
+  """
+
+  def __init__(
+      self,
+      width: int,
+      expanded_width: int,
+      *,
+      final_scale: float = 1.0,
+      dtype: jnp.dtype = jnp.float32,
+      param_dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    self.dtype = dtype
+    self.ffw_up = nnx.Dict(
+        w=P.param(rngs, P.normal(width**-0.5), (2, width, expanded_width),
+                  (None, "embed", "mlp"), param_dtype),
+        b=P.param(rngs, P.zeros(), (2, 1, 1, expanded_width),
+                  (None, None, None, "mlp"), param_dtype),
+    )
+    self.ffw_down = Dense(
+        expanded_width, width, axes=("mlp", "embed"), scale=final_scale,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[B, T, D] -> [B, T, D]`."""
+    x = P.cast(x, self.dtype)
+    w = P.cast(self.ffw_up["w"], self.dtype)
+    up = jnp.einsum("btd,cdf->cbtf", x, w) + P.cast(self.ffw_up["b"], self.dtype)
+    hidden = jax.nn.gelu(up[0], approximate=True) * up[1]
+    return self.ffw_down(hidden)
