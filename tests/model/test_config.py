@@ -114,5 +114,5 @@ def test_every_parameter_has_logical_axes(tiny_model):
   params = nnx.state(model, nnx.Param)
   for path, p in nnx.to_flat_state(params):
     axes = p.get_metadata("out_sharding", None)
-    assert axes is not None and len(axes) == p.value.ndim, path
+    assert axes is not None and len(axes) == p.get_value().ndim, path
     assert any(a is not None for a in axes), path
