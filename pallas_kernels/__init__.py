@@ -24,5 +24,11 @@ from pallas_kernels.rg_lru import rg_lru_reference  # noqa: E402
 
 __all__ += ["rg_lru", "rg_lru_reference"]
 
+from pallas_kernels.sharded import scan_sharding  # noqa: E402
+
+__all__ += ["scan_sharding"]
+
 # Kernel modules register themselves with `register_impl` on import.
 # (Each one imports only what its backend needs, so all import on CPU.)
+from pallas_kernels import gpu_rg_lru, gpu_scan  # noqa: E402,F401
+from pallas_kernels import tpu_rg_lru, tpu_scan  # noqa: E402,F401

@@ -8,6 +8,9 @@ implementation for the backend and returns `(y, h_last)`:
 Shapes: `x, a: [B, T, D]` (float32 or bfloat16, they may differ),
 `h0: [B, D]` float32 or None (zeros). Returns `y: [B, T, D]` in x's dtype
 and `h_last: [B, D]` float32. Accumulation is always float32.
+
+Inside `pallas_kernels.scan_sharding(...)` the call runs per shard through
+`jax.shard_map` (see `pallas_kernels/sharded.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import reference
+from pallas_kernels import sharded
 
 ScanFn = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -108,6 +112,48 @@ def linear_scan(
   if h0 is None:
     h0 = jnp.zeros((x.shape[0], x.shape[2]), jnp.float32)
   h0 = jnp.asarray(h0, jnp.float32)
+
+  def local_scan(x, a, h0):
+    return run_impl(
+        name, x, a, h0, reverse=reverse, interpret=interpret, **kernel_options
+    )
+
+  layout = sharded.active_layout(*x.shape)
+  if layout is None:
+    return local_scan(x, a, h0)
+  return sharded.linear_scan(
+      remat_under_shard_map(name, local_scan),
+      x, a, h0, reverse=reverse, layout=layout,
+  )
+
+
+def remat_under_shard_map(name: str, fn: ScanFn) -> ScanFn:
+  """`fn`, which runs implementation `name`, made safe to differentiate
+  inside `shard_map` on CPU.
+
+  The VJP of `lax.associative_scan` saves zero-size slices, and XLA:CPU
+  (jax 0.11.2) crashes compiling zero-size arrays passed from a forward
+  `shard_map` to its backward one. Recomputing the associative scan in the
+  backward passes only its inputs across. The other impls save no empty
+  arrays and run unchanged.
+  """
+  return jax.checkpoint(fn) if name == "associative" else fn
+
+
+def run_impl(
+    name: str,
+    x: jax.Array,
+    a: jax.Array,
+    h0: jax.Array,
+    *,
+    reverse: bool = False,
+    interpret=False,
+    **kernel_options,
+) -> tuple[jax.Array, jax.Array]:
+  """Runs the registered implementation `name` on unsharded operands.
+
+  `h0` must be a float32 `[B, D]` array; no sharding context is consulted.
+  """
   fn = _REGISTRY[name]
   if name.startswith("pallas"):
     y, h_last = fn(

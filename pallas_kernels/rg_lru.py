@@ -12,7 +12,8 @@ time t, all elementwise math in float32):
     h_t   = a_t * h_{t-1} + m_t * (i_t * x_t)
 
 `rg_lru` runs the unfused math below followed by `linear_scan`; a fused
-kernel registered under the same impl names does it in one pass.
+kernel registered under the same impl names does it in one pass. Inside
+`pallas_kernels.scan_sharding(...)` either runs per shard (`sharded.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import api
+from pallas_kernels import sharded
 
 # Largest gradient of sqrt(z) allowed: d sqrt(z)/dz is evaluated at
 # max(z, 1 / (4 * MAX_SQRT_GRADIENT^2)), which keeps bfloat16 training finite.
@@ -82,6 +84,27 @@ def rg_lru_gates(
   return a, gate_x * multiplier
 
 
+def _scan_operands(x, gate_x, gate_a, a_param, reset):
+  """`(normalized x in x.dtype, a float32)`, the unfused scan's operands."""
+  a, scale = rg_lru_gates(gate_x, gate_a, a_param, reset)
+  return (x.astype(jnp.float32) * scale).astype(x.dtype), a
+
+
+def rg_lru_gate_product(
+    gate_a: jax.Array, a_param: jax.Array, reset: jax.Array
+) -> jax.Array:
+  """Float32 `[B, D]` product over time of the gates `a_t`.
+
+  Computed in log space, `prod_t a_t = exp(-8 softplus(Lambda) sum_t r_t)`,
+  and 0 where a document starts in the span (the reset sets `a_t = 0`).
+  """
+  rec_gate = jax.nn.sigmoid(gate_a.astype(jnp.float32))
+  log_a = -8.0 * jnp.sum(rec_gate, axis=1) * jax.nn.softplus(
+      a_param.astype(jnp.float32)
+  )
+  return jnp.where(jnp.any(reset, axis=1)[:, None], 0.0, jnp.exp(log_a))
+
+
 def rg_lru_reference(
     x: jax.Array,
     gate_x: jax.Array,
@@ -92,11 +115,13 @@ def rg_lru_reference(
     *,
     impl: str = "auto",
     interpret: bool = False,
+    **kernel_options,
 ) -> tuple[jax.Array, jax.Array]:
   """Unfused RG-LRU: gate math in XLA, then `linear_scan`."""
-  a, scale = rg_lru_gates(gate_x, gate_a, a_param, reset)
-  normalized_x = (x.astype(jnp.float32) * scale).astype(x.dtype)
-  return api.linear_scan(normalized_x, a, h0, impl=impl, interpret=interpret)
+  normalized_x, a = _scan_operands(x, gate_x, gate_a, a_param, reset)
+  return api.linear_scan(
+      normalized_x, a, h0, impl=impl, interpret=interpret, **kernel_options
+  )
 
 
 def rg_lru(
@@ -110,6 +135,7 @@ def rg_lru(
     impl: str = "auto",
     fused: bool = True,
     interpret: bool = False,
+    **kernel_options,
 ) -> tuple[jax.Array, jax.Array]:
   """The RG-LRU recurrence.
 
@@ -123,15 +149,34 @@ def rg_lru(
     impl: scan implementation (see `pallas_kernels.IMPLS`).
     fused: use a fused kernel when one is registered for the resolved impl.
     interpret: run Pallas kernels in interpret mode.
+    **kernel_options: block-size overrides forwarded to the Pallas kernel.
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
   """
   name = api.resolve_impl(impl)
-  if fused and name in _FUSED:
-    return _FUSED[name](
-        x, gate_x, gate_a, a_param, reset, h0, interpret=interpret
+  b, t, d = x.shape
+  if h0 is None:
+    h0 = jnp.zeros((b, d), jnp.float32)
+  h0 = jnp.asarray(h0, jnp.float32)
+
+  def local_rg_lru(x, gate_x, gate_a, a_param, reset, h0):
+    if fused and name in _FUSED:
+      return _FUSED[name](
+          x, gate_x, gate_a, a_param, reset, h0,
+          interpret=interpret, **kernel_options,
+      )
+    normalized_x, a = _scan_operands(x, gate_x, gate_a, a_param, reset)
+    return api.run_impl(
+        name, normalized_x, a, h0, interpret=interpret, **kernel_options
     )
-  return rg_lru_reference(
-      x, gate_x, gate_a, a_param, reset, h0, impl=name, interpret=interpret
+
+  layout = sharded.active_layout(b, t, d)
+  if layout is None:
+    return local_rg_lru(x, gate_x, gate_a, a_param, reset, h0)
+  if not (fused and name in _FUSED):
+    local_rg_lru = api.remat_under_shard_map(name, local_rg_lru)
+  return sharded.rg_lru(
+      local_rg_lru, rg_lru_gate_product,
+      x, gate_x, gate_a, a_param, reset, h0, layout=layout,
   )
