@@ -30,6 +30,8 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # TFDS imports it to prepare builders without declaring it.
+    "importlib_resources>=6",
 ]
 
 EXTRAS = {
@@ -49,7 +51,8 @@ EXTRAS = {
     # time on a CPU machine.
     "tpu": ["jax[tpu]>=0.11.2,<0.13"],
     "cuda": ["jax[cuda13]>=0.11.2,<0.13"],
-    # TensorFlow only for tfrecord-format TFDS datasets (`tfds.load`).
+    # TensorFlow only to convert a tfrecord-format TFDS dataset to
+    # array_record once; training always reads array_record through grain.
     "tf": ["tensorflow>=2.18"],
 }
 

@@ -5,7 +5,16 @@ RecurrentGemma models in JAX / Flax NNX.
     config = rg.GriffinConfig.from_preset("griffin-100m", vocab_size=256)
     model = rg.Griffin(config, rngs=nnx.Rngs(0))
     logits = model(tokens, segment_pos)            # [B, T, vocab]
+    result = rg.train(experiment_config, "/tmp/workdir")
+    model = rg.load_workdir("/tmp/workdir")
+    out = rg.Sampler(model).generate([[1, 2, 3]], max_new_tokens=8)
+    rg.plot_metrics(["/tmp/workdir"], "/tmp/curves.png")
+
+`train`, `evaluate` and `plot_metrics` load the data and training stack
+(grain, TFDS, ml_collections) on first use only.
 """
+
+import importlib
 
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
@@ -17,18 +26,51 @@ from recurrentgemma_jax.official import from_official
 from recurrentgemma_jax.official import load_official_checkpoint
 from recurrentgemma_jax.official import to_official
 from recurrentgemma_jax.presets import PRESETS
+from recurrentgemma_jax.sample import load_official
+from recurrentgemma_jax.sample import load_workdir
+from recurrentgemma_jax.sampling import Conversation
+from recurrentgemma_jax.sampling import DecodeState
+from recurrentgemma_jax.sampling import Sampler
+from recurrentgemma_jax.sampling import SamplerOutput
+from recurrentgemma_jax.sampling import SamplingParams
+from recurrentgemma_jax.sampling import StreamStep
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("recurrentgemma_jax.training.loop", "train"),
+    "evaluate": ("recurrentgemma_jax.training.loop", "evaluate"),
+    "plot_metrics": ("recurrentgemma_jax.plot", "plot"),
+}
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BlockType",
     "ConfigError",
+    "Conversation",
+    "DecodeState",
     "Griffin",
     "GriffinCache",
     "GriffinConfig",
     "PRESETS",
+    "Sampler",
+    "SamplerOutput",
+    "SamplingParams",
+    "StreamStep",
     "config_from_official",
+    "evaluate",
     "from_official",
+    "load_official",
     "load_official_checkpoint",
+    "load_workdir",
+    "plot_metrics",
     "to_official",
+    "train",
 ]

@@ -226,18 +226,59 @@ class LocalAttentionBlock(nnx.Module):
     if cache is None:
       out = blocked_local_attention(q, k, v, doc_ids, self.window_size)
     else:
-      k_all = jnp.concatenate([cache.keys.astype(k.dtype), k], axis=1)
-      v_all = jnp.concatenate([cache.values.astype(v.dtype), v], axis=1)
-      k_pos = jnp.concatenate([cache.positions, positions], axis=1)
-      k_doc = jnp.concatenate([cache.doc_ids, doc_ids], axis=1)
-      mask = _visible(positions, doc_ids, k_pos, k_doc, self.window_size)
-      out = _attend(q, k_all, v_all, mask)
+      out = _attend_with_cache(q, k, v, positions, doc_ids, cache,
+                               self.window_size)
+      if return_cache:
+        # Every read of the old cache happens before the ring-buffer write,
+        # so XLA updates the cache in place instead of copying it each step.
+        out, cache = jax.lax.optimization_barrier((out, cache))
     out = self.proj_final(out.reshape(b, t, -1))
     if not return_cache:
       return out, None
     if cache is None:
       cache = self.init_cache(b, k.dtype, length=t)
     return out, _write_cache(cache, k, v, positions, doc_ids)
+
+
+def _attend_with_cache(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    positions: jax.Array,
+    doc_ids: jax.Array,
+    cache: AttentionCache,
+    window: int | None,
+) -> jax.Array:
+  """Attention of a chunk over the cached keys and its own keys.
+
+  Same result as attending over `concat(cache, chunk)`, without building
+  that concatenation (a copy of the whole cache per decode step): the two
+  parts' logits share one softmax and their values are summed.
+
+  Args:
+    q: `[B, T, N, H]` scaled queries; k, v: `[B, T, H]` the chunk's keys
+      and values; positions, doc_ids: `[B, T]`.
+    cache: the keys and values before the chunk.
+    window: attention window (None: global).
+
+  Returns:
+    `[B, T, N, H]`.
+  """
+  size = cache.keys.shape[1]
+  mask_cache = _visible(positions, doc_ids, cache.positions, cache.doc_ids,
+                        window)
+  mask_chunk = _visible(positions, doc_ids, positions, doc_ids, window)
+  logits_cache = jnp.einsum("btnh,bsh->bnts", q, cache.keys.astype(q.dtype))
+  logits_chunk = jnp.einsum("btnh,bsh->bnts", q, k)
+  logits = jnp.concatenate([
+      jnp.where(mask_cache[:, None], logits_cache, MASK_VALUE),
+      jnp.where(mask_chunk[:, None], logits_chunk, MASK_VALUE),
+  ], axis=-1)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bnts,bsh->btnh", probs[..., :size],
+                   cache.values.astype(v.dtype)).astype(jnp.float32)
+  out += jnp.einsum("bnts,bsh->btnh", probs[..., size:], v)
+  return out.astype(v.dtype)
 
 
 def _write_cache(

@@ -43,6 +43,10 @@ class MLPBlock(nnx.Module):
     """`[B, T, D] -> [B, T, D]`."""
     x = P.cast(x, self.dtype)
     w = P.cast(self.ffw_up["w"], self.dtype)
-    up = jnp.einsum("btd,cdf->cbtf", x, w) + P.cast(self.ffw_up["b"], self.dtype)
-    hidden = jax.nn.gelu(up[0], approximate=True) * up[1]
-    return self.ffw_down(hidden)
+    b = P.cast(self.ffw_up["b"], self.dtype)
+    # Two plain [D, F] matmuls: one einsum producing the stacked [2, B, T, F]
+    # output makes XLA transpose the [2, D, F] weight on every call (measured
+    # on H200 decoding, docs/benchmarks.md "Sampling").
+    gate = jnp.dot(x, w[0]) + b[0]
+    value = jnp.dot(x, w[1]) + b[1]
+    return self.ffw_down(jax.nn.gelu(gate, approximate=True) * value)

@@ -1,0 +1,386 @@
+r"""Decode throughput and memory: our sampler against the official one.
+
+Both decode loops run on the same random bfloat16 weights (the official
+parameter tree; ours is `from_official` of it, sharing the arrays), greedy,
+from an empty cache (both attend over every cache slot with a mask, so the
+cost per step does not depend on how full the cache is). Timed: the jitted
+decode loop alone (tokens generated per second = batch x steps / seconds),
+after an ahead-of-time compile and a short warm-up run.
+
+- ours: `Sampler`'s device loop (`recurrentgemma_jax.sampling.decode`).
+- ours+mlp: the same with the MLP's up-projection computed as a batched
+  einsum over its two halves (`cbtd,cdf->cbtf`) instead of `btd,cdf->cbtf`,
+  which makes XLA transpose-copy the weight at every step (seen on CPU
+  and GPU); a proposed model change, measured here side by side.
+- official: `recurrentgemma.jax.Sampler`'s `_sample_fn` while loop.
+
+Command (one H200; the GPU image lacks the `recurrentgemma` and typeguard
+wheels, carried in .whl; results in docs/benchmarks.md, "Sampling"):
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site \
+      .whl/*.whl && PYTHONPATH=/tmp/site:$PWD timeout 220 python3 \
+      benchmarks/sample.py --batches 64,1 --extra_batches 256,16 \
+      --steps 2048 --short_steps 256 --budget_s 140 --out $OUT/sample.json
+CPU smoke test:
+  JAX_PLATFORMS=cpu python benchmarks/sample.py --tiny --steps 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+  print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def official_config(tiny: bool):
+  from recurrentgemma import common  # pylint: disable=g-import-not-at-top
+
+  if tiny:
+    return common.GriffinConfig(
+        vocab_size=512, width=64, mlp_expanded_width=192, num_heads=2,
+        block_types=(common.TemporalBlockType.RECURRENT,
+                     common.TemporalBlockType.RECURRENT,
+                     common.TemporalBlockType.ATTENTION),
+        embeddings_scale_by_sqrt_dim=True, attention_window_size=16,
+        logits_soft_cap=30.0, lru_width=64)
+  return common.GriffinConfig.from_preset(
+      common.Preset.RECURRENT_GEMMA_2B_V1, vocab_size=256_000)
+
+
+def random_params(model, seed: int = 0):
+  """Random bf16 parameters in the official tree, created on the device."""
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
+                         jnp.zeros((1, 1), jnp.int32)))["params"]
+  leaves, treedef = jax.tree.flatten(abstract)
+
+  @functools.partial(jax.jit, static_argnums=(1,))
+  def make(i, shape):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    fan_in = shape[-2] if len(shape) >= 2 else shape[-1]
+    return (jax.random.normal(key, shape, jnp.float32) *
+            fan_in ** -0.5).astype(jnp.bfloat16)
+
+  return jax.tree.unflatten(
+      treedef, [make(i, tuple(l.shape)) for i, l in enumerate(leaves)])
+
+
+class FakeVocab:
+  """The SentencePiece methods the official sampler calls."""
+
+  def __init__(self, size):
+    self.size = size
+
+  def pad_id(self):
+    return 0
+
+  def eos_id(self):
+    return 1
+
+  def bos_id(self):
+    return 2
+
+
+def bytes_of(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def memory(compiled) -> dict[str, float]:
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  return {"temp_gb": m.temp_size_in_bytes / 1e9,
+          "argument_gb": m.argument_size_in_bytes / 1e9,
+          "output_gb": m.output_size_in_bytes / 1e9,
+          "alias_gb": m.alias_size_in_bytes / 1e9}
+
+
+def peak_gb() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 1e9
+
+
+# Ours ------------------------------------------------------------------------
+
+
+def batched_mlp_call(self, x):
+  """MLPBlock.__call__ with the up-projection as a batched einsum."""
+  from recurrentgemma_jax.nn import params as P  # pylint: disable=g-import-not-at-top
+
+  x = P.cast(x, self.dtype)
+  w = P.cast(self.ffw_up["w"], self.dtype)
+  xb = jnp.broadcast_to(x, (w.shape[0],) + x.shape)
+  up = jnp.einsum("cbtd,cdf->cbtf", xb, w) + P.cast(self.ffw_up["b"],
+                                                    self.dtype)
+  hidden = jax.nn.gelu(up[0], approximate=True) * up[1]
+  return self.ffw_down(hidden)
+
+
+class Ours:
+  """Our decode loop, compiled once per batch size."""
+
+  def __init__(self, model, batch: int, capacity: int, sync_every: int):
+    from recurrentgemma_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+    from recurrentgemma_jax.sampling import logits as logits_lib  # pylint: disable=g-import-not-at-top
+    from recurrentgemma_jax.sampling import stopping  # pylint: disable=g-import-not-at-top
+
+    self.sampler = Sampler(model, sync_every=sync_every)
+    self.model = model
+    self.batch = batch
+    self.capacity = capacity
+    ids, seqs = stopping.device_arrays(stopping.StopCriteria())
+    self.ids, self.seqs = jnp.asarray(ids), jnp.asarray(seqs)
+    self.mode = logits_lib.SamplingMode(greedy=True)
+    self.keys = jax.random.split(jax.random.key(0), batch)
+    self.fn = self.sampler._decode[True]  # pylint: disable=protected-access
+
+  def state(self):
+    from recurrentgemma_jax.sampling import DecodeState  # pylint: disable=g-import-not-at-top
+
+    b, v = self.batch, self.model.config.vocab_size
+    logits = jax.random.normal(jax.random.key(1), (b, v), jnp.bfloat16)
+    return DecodeState(cache=self.model.init_cache(b), logits=logits,
+                       segment_pos=jnp.zeros((b,), jnp.int32))
+
+  def _args(self, steps):
+    return (self.sampler.params, self.state(), jnp.int32(steps), self.keys,
+            jnp.int32(0), jnp.float32(1), jnp.float32(1), self.ids, self.seqs,
+            jnp.zeros((self.batch,), bool))
+
+  def compile(self):
+    lowered = self.fn.lower(*self._args(1), capacity=self.capacity,
+                            sampling=self.mode, sync_every=self.sampler.sync_every)
+    self.compiled = lowered.compile()
+    return self.compiled
+
+  def run(self, steps: int) -> float:
+    args = self._args(steps)
+    jax.block_until_ready(args)
+    start = time.perf_counter()
+    out = self.compiled(*args)
+    np.asarray(out.lengths)  # waits for the device
+    elapsed = time.perf_counter() - start
+    n = int(np.asarray(out.lengths).min())
+    assert n == steps, (n, steps)
+    return elapsed
+
+
+# Official --------------------------------------------------------------------
+
+
+class Official:
+  """`recurrentgemma.jax.Sampler`'s jitted while loop."""
+
+  def __init__(self, model, params, batch: int, capacity: int):
+    from recurrentgemma.jax import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+
+    self.lib = sampler_lib
+    self.model = model
+    self.params = params
+    self.batch = batch
+    self.capacity = capacity
+    self.sampler = sampler_lib.Sampler(
+        model=model, vocab=FakeVocab(model.config.vocab_size), params=params,
+        deterministic_sampling=True)
+
+  def state(self, steps: int):
+    b = self.batch
+    tokens = jnp.zeros((b, self.capacity), jnp.int32).at[:, 0].set(
+        jax.random.randint(jax.random.key(1), (b,), 3, 1000))
+    return self.lib.SamplingState(
+        tokens_buffer=tokens,
+        rng=jax.random.PRNGKey(0),
+        step=jnp.array(0, jnp.int32),
+        total_steps=jnp.array(steps + 1, jnp.int32),
+        positions=jnp.zeros((b, 1), jnp.int32),
+        cache=self.model.init_cache(b, jnp.bfloat16),
+        done=jnp.zeros((b,), bool),
+        logits_buffer=None,
+    )
+
+  def compile(self):
+    fn = self.sampler._compiled_sample_fn  # pylint: disable=protected-access
+    self.compiled = fn.lower(self.params, self.state(1), False).compile()
+    return self.compiled
+
+  def run(self, steps: int) -> float:
+    state = self.state(steps)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    out = self.compiled(self.params, state)
+    n = int(np.asarray(out.step))
+    elapsed = time.perf_counter() - start
+    assert n == steps, (n, steps)
+    return elapsed
+
+
+# Main ------------------------------------------------------------------------
+
+
+def environment() -> dict[str, str]:
+  env = {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="minutes"),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "device": str(jax.devices()[0].device_kind),
+      "backend": jax.default_backend(),
+  }
+  try:
+    import flax  # pylint: disable=g-import-not-at-top
+
+    env["flax"] = flax.__version__
+  except ImportError:
+    pass
+  try:
+    env["driver"] = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return env
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batches", default="64,1")
+  parser.add_argument("--extra_batches", default="16,256",
+                      help="run after the main ones, while time remains")
+  parser.add_argument("--steps", type=int, default=2048)
+  parser.add_argument("--short_steps", type=int, default=256)
+  parser.add_argument("--impls", default="ours,ours+mlp,official")
+  parser.add_argument("--sync_every", type=int, default=8)
+  parser.add_argument("--budget_s", type=float, default=200.0,
+                      help="start no new measurement after this many seconds")
+  parser.add_argument("--tiny", action="store_true",
+                      help="a tiny model (CPU smoke test)")
+  parser.add_argument("--out", default="")
+  args = parser.parse_args(argv)
+
+  # The official sampler type-checks its state with typeguard, which rejects
+  # the placeholders `jit(...).lower` passes (the checks only run at trace
+  # time, so turning them off changes no compiled code).
+  os.environ.setdefault("JAXTYPING_DISABLE", "1")
+  from recurrentgemma import jax as official_jax  # pylint: disable=g-import-not-at-top
+  import recurrentgemma_jax as rg  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.nn import mlp as mlp_lib  # pylint: disable=g-import-not-at-top
+
+  env = environment()
+  log(f"environment: {env}")
+  cfg = official_config(args.tiny)
+  official_model = official_jax.Griffin(
+      cfg, gradient_checkpointing=False, dtype=jnp.bfloat16,
+      param_dtype=jnp.bfloat16)
+  params = random_params(official_model)
+  jax.block_until_ready(params)
+  log(f"random bf16 weights: {bytes_of(params) / 1e9:.2f} GB")
+  ours_model = rg.from_official(
+      params, attention_window_size=cfg.attention_window_size,
+      logits_soft_cap=cfg.logits_soft_cap,
+      embeddings_scale_by_sqrt_dim=cfg.embeddings_scale_by_sqrt_dim,
+      dtype="bfloat16", param_dtype="bfloat16")
+
+  impls = args.impls.split(",")
+  results = []
+  original_mlp = mlp_lib.MLPBlock.__call__
+
+  def measure(impl: str, batch: int, steps_list):
+    if time.perf_counter() - T0 > args.budget_s:
+      log(f"skip {impl} batch {batch}: past the time budget")
+      return
+    capacity = max(steps_list)
+    try:
+      if impl == "official":
+        runner = Official(official_model, params, batch, capacity)
+      else:
+        mlp_lib.MLPBlock.__call__ = (batched_mlp_call if impl == "ours+mlp"
+                                     else original_mlp)
+        runner = Ours(ours_model, batch, capacity, args.sync_every)
+      start = time.perf_counter()
+      compiled = runner.compile()
+      compile_s = time.perf_counter() - start
+      mem = memory(compiled)
+      runner.run(min(32, capacity))  # warm-up
+      for steps in steps_list:
+        elapsed = runner.run(steps)
+        row = {"impl": impl, "batch": batch, "steps": steps,
+               "seconds": elapsed, "ms_per_step": 1e3 * elapsed / steps,
+               "tokens_per_s": batch * steps / elapsed,
+               "compile_s": compile_s, "peak_gb": peak_gb(), **mem}
+        results.append(row)
+        log(f"{impl:9s} B={batch:4d} steps={steps:5d}: "
+            f"{row['ms_per_step']:.3f} ms/step, "
+            f"{row['tokens_per_s']:,.0f} tokens/s (compile {compile_s:.1f}s, "
+            f"temp {mem.get('temp_gb', float('nan')):.3f} GB)")
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"{impl} batch {batch} FAILED: {type(e).__name__}: {e}")
+      results.append({"impl": impl, "batch": batch, "error": repr(e)[:2000]})
+    finally:
+      mlp_lib.MLPBlock.__call__ = original_mlp
+
+  # Most important first: ours and the official at each main batch size,
+  # then the variants, then the extra batch sizes while time remains.
+  batches = [int(b) for b in args.batches.split(",") if b]
+  plan = []
+  for batch in batches:
+    for impl in impls:
+      if impl == "ours":
+        plan.append((impl, batch, [args.short_steps, args.steps]))
+      elif impl == "official":
+        plan.append((impl, batch, [args.steps]))
+  for batch in batches:
+    for impl in impls:
+      if impl not in ("ours", "official"):
+        plan.append((impl, batch, [args.steps]))
+  for batch in [int(b) for b in args.extra_batches.split(",") if b]:
+    for impl in impls:
+      plan.append((impl, batch, [min(512, args.steps)]))
+  for impl, batch, steps_list in plan:
+    measure(impl, batch, steps_list)
+
+  print("\n| impl | batch | steps | ms/step | tokens/s | temp GB | compile s |")
+  print("|---|---|---|---|---|---|---|")
+  for r in results:
+    if "error" in r:
+      print(f"| {r['impl']} | {r['batch']} | - | error | - | - | - |")
+      continue
+    print(f"| {r['impl']} | {r['batch']} | {r['steps']} | "
+          f"{r['ms_per_step']:.3f} | {r['tokens_per_s']:,.0f} | "
+          f"{r.get('temp_gb', float('nan')):.3f} | {r['compile_s']:.1f} |")
+  ratios = {}
+  for r in results:
+    if r.get("impl") != "official" or "error" in r:
+      continue
+    for o in results:
+      if (o.get("impl", "").startswith("ours") and "error" not in o and
+          o["batch"] == r["batch"] and o["steps"] == r["steps"]):
+        key = f"{o['impl']}/official B={r['batch']} steps={r['steps']}"
+        ratios[key] = o["tokens_per_s"] / r["tokens_per_s"]
+  for k, v in ratios.items():
+    print(f"{k}: {v:.2f}x")
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump({"env": env, "args": vars(args), "results": results,
+                 "ratios": ratios}, f, indent=1)
+  log("done")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Input pipelines: synthetic tasks, tokenizers, packing, local text."""

@@ -1,0 +1,153 @@
+"""A TFDS builder for your own text: plain-text and JSON-lines files.
+
+`prepare_local_text(files, data_dir)` writes the files once as an
+array_record TFDS dataset (no TensorFlow needed) with a `train` and a
+`validation` split, and returns the builder; `builder.as_data_source(split)`
+then gives random access to `{"text": bytes}` examples.
+
+- `.jsonl` / `.json` files: one document per line, the text under
+  `text_field`.
+- any other file: plain text, cut into documents of at most `max_chars`
+  characters at line boundaries (a long book becomes many documents, so
+  shuffling mixes the corpus).
+
+The last `validation_fraction` of the documents (at least one) form the
+validation split. The builder config's name is a digest of the files (paths,
+sizes, modification times) and options: changing any of them prepares a new
+version instead of reusing stale data.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+import tensorflow_datasets as tfds
+
+from recurrentgemma_jax.config import ConfigError
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+
+
+def expand_files(patterns: str | Sequence[str]) -> tuple[str, ...]:
+  """Comma-separated (or listed) globs -> sorted absolute paths."""
+  if isinstance(patterns, str):
+    patterns = [p for p in patterns.split(",") if p.strip()]
+  files: list[str] = []
+  for pattern in patterns:
+    matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
+    if not matches:
+      raise ConfigError(f"data.files: no file matches {pattern!r}")
+    files.extend(os.path.abspath(m) for m in matches)
+  if not files:
+    raise ConfigError("data.files: no files given")
+  return tuple(files)
+
+
+def read_documents(path: str, text_field: str, max_chars: int
+                   ) -> Iterator[str]:
+  """The documents of one file (see the module docstring)."""
+  if path.endswith(JSONL_SUFFIXES):
+    with open(path, encoding="utf-8") as f:
+      for line_no, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        record = json.loads(line)
+        if text_field not in record:
+          raise ConfigError(
+              f"{path}:{line_no}: no {text_field!r} field (data.text_field)"
+          )
+        yield record[text_field]
+    return
+  chunk: list[str] = []
+  size = 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if chunk and size + len(line) > max_chars:
+        yield "".join(chunk)
+        chunk, size = [], 0
+      chunk.append(line)
+      size += len(line)
+  if chunk:
+    yield "".join(chunk)
+
+
+class LocalTextConfig(tfds.core.BuilderConfig):
+  """Which files to read and how to cut them into documents."""
+
+  def __init__(self, *, files: Sequence[str], text_field: str = "text",
+               max_chars: int = 8192, validation_fraction: float = 0.1):
+    if not 0 < validation_fraction < 1:
+      raise ConfigError(
+          f"data.validation_fraction={validation_fraction} must be in (0, 1)"
+      )
+    self.files = tuple(files)
+    self.text_field = text_field
+    self.max_chars = max_chars
+    self.validation_fraction = validation_fraction
+    digest = hashlib.sha256()
+    for path in self.files:
+      stat = os.stat(path)
+      digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    digest.update(f"{text_field}\0{max_chars}\0{validation_fraction}".encode())
+    super().__init__(name=digest.hexdigest()[:16],
+                     description=f"{len(self.files)} local text file(s)")
+
+
+class LocalText(tfds.core.GeneratorBasedBuilder):
+  """Documents from local text / JSON-lines files (see module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # Built directly (not from metadata files): the builder ships no
+    # checksums or README, its data comes from the user's disk.
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Local text documents.",
+        features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.builder_config
+    docs = [d for path in cfg.files
+            for d in read_documents(path, cfg.text_field, cfg.max_chars)]
+    if len(docs) < 2:
+      raise ConfigError(
+          "data.files: need at least 2 documents to hold one out for "
+          f"validation, found {len(docs)}"
+      )
+    num_eval = max(1, round(len(docs) * cfg.validation_fraction))
+    return {
+        "train": self._generate_examples(docs[:-num_eval]),
+        "validation": self._generate_examples(docs[-num_eval:]),
+    }
+
+  def _generate_examples(self, docs: Sequence[str]):
+    for i, doc in enumerate(docs):
+      yield i, {"text": doc}
+
+
+def prepare_local_text(
+    files: str | Sequence[str],
+    data_dir: str,
+    *,
+    text_field: str = "text",
+    max_chars: int = 8192,
+    validation_fraction: float = 0.1,
+) -> LocalText:
+  """Prepares (once) and returns the `LocalText` builder for `files`."""
+  config = LocalTextConfig(
+      files=expand_files(files), text_field=text_field, max_chars=max_chars,
+      validation_fraction=validation_fraction,
+  )
+  builder = LocalText(config=config, data_dir=data_dir,
+                      file_format="array_record")
+  if not builder.is_prepared():
+    tfds.disable_progress_bar()
+    builder.download_and_prepare()
+  return builder

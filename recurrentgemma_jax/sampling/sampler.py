@@ -1,0 +1,588 @@
+"""`Sampler`: batched generation, streaming and conversations.
+
+    sampler = Sampler(model, tokenizer)
+    out = sampler.generate(["The capital of France is", "1, 2, 3,"],
+                           max_new_tokens=32, temperature=0.7, top_p=0.9)
+    out.text                  # list[str], one completion per prompt
+    out.tokens                # list[list[int]]
+
+How a call runs:
+1. Prompts of different lengths are left-padded to one length. The padding
+   of a row is a document of its own: the prompt starts at segment
+   position 0, and no layer (attention, convolution, RG-LRU) looks across a
+   document start, so a padded row computes exactly what it would alone.
+2. Prefill: one forward pass over the whole prompt (the scan kernel, the
+   blocked attention) returns the constant-size cache.
+3. Decode: one jitted device loop generates every token (no Python step per
+   token); its memory does not grow with the generation length.
+4. Text: each row is decoded and cut at the first stop string.
+
+`generate(..., return_state=True)` returns the `DecodeState` after the
+generated tokens; `generate(more, ..., state=that)` continues each row
+(more prompt tokens are fed as a chunk, then decoding goes on). The
+`Conversation` helper does this turn by turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recurrentgemma_jax.model import Griffin
+from recurrentgemma_jax.sampling import decode as decode_lib
+from recurrentgemma_jax.sampling import stopping
+from recurrentgemma_jax.sampling.decode import DecodeState
+from recurrentgemma_jax.sampling.logits import SamplingParams
+
+Prompt = str | Sequence[int]
+
+
+@dataclasses.dataclass
+class SamplerOutput:
+  """The result of `Sampler.generate`, one entry per prompt.
+
+  Attributes:
+    text: decoded completions (cut before the first stop string), or None
+      without a tokenizer.
+    tokens: generated token ids, without the stop token / stop string.
+    finish_reasons: "stop" (a stop token or string ended the row) or
+      "length" (max_new_tokens reached).
+    logprobs: per row, `[n]` float32 log-probability of each returned token
+      under the model (temperature 1, no filtering); None unless asked.
+    logits: per row, `[n, V]` float32 logits each returned token was sampled
+      from; None unless asked.
+    state: the `DecodeState` after the generated tokens (stop tokens
+      included), to continue with `generate(..., state=)`; None unless
+      `return_state=True`.
+    prompt_tokens: the token ids each row was prompted with (BOS included).
+  """
+
+  text: list[str] | None
+  tokens: list[list[int]]
+  finish_reasons: list[str]
+  logprobs: list[np.ndarray] | None = None
+  logits: list[np.ndarray] | None = None
+  state: DecodeState | None = None
+  prompt_tokens: list[list[int]] | None = None
+
+
+@dataclasses.dataclass
+class StreamStep:
+  """One step of `Sampler.stream`, one entry per row.
+
+  Attributes:
+    tokens: the token each row generated at this step (None for a row that
+      had already finished).
+    text: the new text of each row ("" when none is complete yet).
+    finished: whether each row has finished (after this step).
+  """
+
+  tokens: list[int | None]
+  text: list[str]
+  finished: list[bool]
+
+
+class _Tokenizer:
+  """Adapts our tokenizers and `sentencepiece.SentencePieceProcessor`."""
+
+  def __init__(self, tok: Any):
+    self.tok = tok
+    self.vocab_size = _attr(tok, "vocab_size", "get_piece_size")
+    self.bos_id = _attr(tok, "bos_id")
+    self.eos_id = _attr(tok, "eos_id")
+    self.pad_id = _attr(tok, "pad_id")
+
+  def encode(self, text: str) -> list[int]:
+    return [int(t) for t in self.tok.encode(text)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tok.decode([int(i) for i in ids])
+
+
+def _attr(obj: Any, *names: str) -> int | None:
+  for name in names:
+    value = getattr(obj, name, None)
+    if callable(value):
+      value = value()
+    if value is not None:
+      return int(value)
+  return None
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return max(multiple, multiple * math.ceil(n / multiple))
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(graphdef: nnx.GraphDef, decode_graphdef: nnx.GraphDef):
+  """The jitted functions of one model structure (shared by the samplers of
+  equal models, so that they share compilations)."""
+  prefill = jax.jit(functools.partial(decode_lib.prefill, graphdef),
+                    static_argnames=("cache_length",))
+  extend = jax.jit(functools.partial(decode_lib.extend, graphdef))
+  extend_ragged = jax.jit(
+      functools.partial(decode_lib.extend_ragged, decode_graphdef))
+  decode = {donate: decode_lib.jit_decode(decode_graphdef, donate=donate)
+            for donate in (False, True)}
+  return prefill, extend, extend_ragged, decode
+
+
+class Sampler:
+  """Generates text or tokens from a `Griffin` model.
+
+      sampler = Sampler(model, "path/to/tokenizer.model")
+      out = sampler.generate(["Hi", "Once upon a time"], max_new_tokens=20)
+      out.text[1], out.tokens[1]            # str, list[int] (<= 20 ids)
+      out = sampler.generate([[1, 5, 9]], 8, return_logits=True)
+      out.logits[0].shape                   # (8, vocab_size)
+
+  The sampler takes the model's parameters when it is built; build a new
+  one after changing them (samplers of equal model structures share their
+  compiled programs).
+
+  Args:
+    model: the model (any dtype; sampling math is float32).
+    tokenizer: optional; one of `recurrentgemma_jax.data.tokenizers`
+      (`ByteTokenizer`, `SentencePieceTokenizer`), a
+      `sentencepiece.SentencePieceProcessor`, or a path ("bytes" or a
+      SentencePiece `.model` file). Without one, prompts are token-id lists
+      and `text` is None.
+    add_bos: prepend the tokenizer's BOS to string prompts that start a row.
+    pad_id: the padding token (default: the tokenizer's, else 0).
+    sync_every: decode steps run on the device between two checks of the
+      loop condition (larger: fewer host round trips, more wasted steps
+      after every row has stopped).
+    decode_scan_impl: the RG-LRU implementation of one-token decode steps
+      ("associative" is plain element-wise XLA code there, which fuses with
+      the gates; None keeps the model's). Prefill always uses the model's.
+    max_chunk: the longest chunk fed in one call when continuing a state.
+    cache_length: attention cache length for global-attention models
+      (default: prompt + generation of each call, rounded up).
+  """
+
+  def __init__(
+      self,
+      model: Griffin,
+      tokenizer: Any = None,
+      *,
+      add_bos: bool = True,
+      pad_id: int | None = None,
+      sync_every: int = 8,
+      decode_scan_impl: str | None = "associative",
+      max_chunk: int = 1024,
+      cache_length: int | None = None,
+  ):
+    if isinstance(tokenizer, str):
+      from recurrentgemma_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+
+      tokenizer = tokenizers.get_tokenizer(tokenizer)
+    self.model = model
+    self.config = model.config
+    self.tokenizer = None if tokenizer is None else _Tokenizer(tokenizer)
+    self.add_bos = add_bos
+    if pad_id is None:
+      pad_id = self.tokenizer.pad_id if self.tokenizer else 0
+      pad_id = 0 if pad_id is None or pad_id < 0 else pad_id
+    self.pad_id = int(pad_id)
+    if sync_every < 1:
+      raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+    self.sync_every = sync_every
+    self.max_chunk = _next_power_of_two(max_chunk)
+    self.cache_length = cache_length
+    self._global_attention = (self.config.has_attention and
+                              self.config.attention_window_size is None)
+    self.graphdef, self.params = nnx.split(model)
+    self.decode_graphdef = self.graphdef
+    if decode_scan_impl and decode_scan_impl != self.config.scan_impl:
+      decode_config = self.config.replace(scan_impl=decode_scan_impl)
+      abstract = nnx.eval_shape(lambda: Griffin(decode_config,
+                                                rngs=nnx.Rngs(0)))
+      self.decode_graphdef = nnx.split(abstract)[0]
+    (self._prefill, self._extend, self._extend_ragged,
+     self._decode) = _jitted(self.graphdef, self.decode_graphdef)
+
+  # Prompts -------------------------------------------------------------------
+
+  @property
+  def eos_id(self) -> int | None:
+    return self.tokenizer.eos_id if self.tokenizer else None
+
+  def encode(self, prompts: Prompt | Sequence[Prompt], *,
+             add_bos: bool | None = None) -> list[list[int]]:
+    """Token ids of each prompt (strings are tokenized, with BOS if set)."""
+    add_bos = self.add_bos if add_bos is None else add_bos
+    if isinstance(prompts, str) or (
+        isinstance(prompts, (Sequence, np.ndarray)) and len(prompts) and
+        isinstance(prompts[0], (int, np.integer))):
+      prompts = [prompts]
+    rows = []
+    for p in prompts:
+      if isinstance(p, str):
+        if self.tokenizer is None:
+          raise ValueError("string prompts need a tokenizer; pass token ids")
+        ids = self.tokenizer.encode(p)
+        bos = self.tokenizer.bos_id
+        if add_bos and bos is not None and bos >= 0:
+          ids = [bos] + ids
+      else:
+        ids = [int(t) for t in np.asarray(p).reshape(-1)]
+      for t in ids:
+        if not 0 <= t < self.config.vocab_size:
+          raise ValueError(f"token id {t} is outside the model's vocabulary "
+                           f"of {self.config.vocab_size}")
+      rows.append(ids)
+    if not rows:
+      raise ValueError("no prompts given")
+    return rows
+
+  def _decode_text(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(list(ids))
+
+  # State building ------------------------------------------------------------
+
+  def prefill(self, rows: Sequence[Sequence[int]],
+              max_new_tokens: int = 0) -> DecodeState:
+    """The state after prompts `rows` (token ids), in one forward pass.
+
+    Rows are left-padded to a common length (a multiple of 32); the
+    padding forms its own document, invisible to the prompt.
+    """
+    if any(len(r) == 0 for r in rows):
+      raise ValueError("every prompt needs at least one token (a fresh row "
+                       "has nothing to continue from)")
+    b = len(rows)
+    length = _round_up(max(len(r) for r in rows), 32)
+    tokens = np.full((b, length), self.pad_id, np.int32)
+    seg = np.zeros((b, length), np.int32)
+    for i, row in enumerate(rows):
+      start = length - len(row)
+      tokens[i, start:] = row
+      seg[i, :start] = np.arange(start)
+      seg[i, start:] = np.arange(len(row))
+    cache_length = None
+    if self._global_attention:
+      cache_length = self.cache_length or _round_up(
+          length + max(max_new_tokens, 1), 128)
+    return self._prefill(self.params, tokens, seg, cache_length=cache_length)
+
+  def extend(self, state: DecodeState,
+             rows: Sequence[Sequence[int]]) -> DecodeState:
+    """Feeds `rows[b]` (any lengths, possibly empty) after row b of `state`.
+
+    The tokens every row has are fed as chunks (one model call each, sizes
+    powers of two up to `max_chunk`); the rest token by token.
+    """
+    if len(rows) != state.batch_size:
+      raise ValueError(f"{len(rows)} prompts for a state of "
+                       f"{state.batch_size} rows")
+    lengths = np.array([len(r) for r in rows], np.int32)
+    self._check_room(state, int(lengths.max()))
+    common = int(lengths.min())
+    done = 0
+    while done < common:
+      size = min(self.max_chunk, 1 << int(math.log2(common - done)))
+      chunk = np.array([r[done:done + size] for r in rows], np.int32)
+      state = self._extend(self.params, state, chunk)
+      done += size
+    rest = lengths - common
+    if rest.max() > 0:
+      width = _next_power_of_two(int(rest.max()))
+      tail = np.full((len(rows), width), self.pad_id, np.int32)
+      for i, r in enumerate(rows):
+        tail[i, :rest[i]] = r[common:]
+      state = self._extend_ragged(self.params, state, tail, rest)
+    return state
+
+  def _check_room(self, state: DecodeState, more: int) -> None:
+    if not self._global_attention:
+      return
+    sizes = [c.keys.shape[1] for c in state.cache.blocks
+             if hasattr(c, "keys")]
+    need = int(np.max(np.asarray(state.num_tokens))) + more
+    if sizes and need > min(sizes):
+      raise ValueError(
+          f"global attention cache holds {min(sizes)} tokens; this call "
+          f"needs {need} (set Sampler(cache_length=...) larger)")
+
+  # Generation ----------------------------------------------------------------
+
+  def generate(
+      self,
+      prompts: Prompt | Sequence[Prompt],
+      max_new_tokens: int,
+      *,
+      temperature: float = 0.0,
+      top_k: int | None = None,
+      top_p: float | None = None,
+      stop: str | int | Sequence[str | int] | None = None,
+      stop_at_eos: bool = True,
+      seed: int | Sequence[int] = 0,
+      return_logprobs: bool = False,
+      return_logits: bool = False,
+      state: DecodeState | None = None,
+      return_state: bool = False,
+  ) -> SamplerOutput:
+    """Generates up to `max_new_tokens` tokens after each prompt.
+
+    Args:
+      prompts: a string, a token-id list, or a batch of either (any lengths).
+      max_new_tokens: tokens to generate per row (stop conditions may end a
+        row earlier).
+      temperature: 0 is greedy (argmax); otherwise sample from
+        softmax(logits / temperature).
+      top_k: sample only among the k most likely tokens.
+      top_p: nucleus sampling: among the most likely tokens whose total
+        probability reaches top_p.
+      stop: stop strings and/or stop token ids.
+      stop_at_eos: also stop at the tokenizer's EOS.
+      seed: one seed for the call (row b uses fold_in(key(seed), b)) or one
+        per row; the same seed gives the same samples.
+      return_logprobs: return each token's log-probability under the model.
+      return_logits: return the `[n, V]` logits of every step (large).
+      state: continue these rows (from an earlier `return_state=True` call):
+        the prompts are appended to them (no BOS), and may be empty.
+      return_state: return the state after the generated tokens.
+
+    Returns:
+      `SamplerOutput`.
+    """
+    sampling = SamplingParams(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+      raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if state is None:
+      rows = self.encode(prompts)
+      start = self.prefill(rows, max_new_tokens)
+    else:
+      rows = self._continuation_rows(prompts, state.batch_size)
+      start = self.extend(state, rows)
+      self._check_room(start, max_new_tokens)
+    criteria = stopping.resolve(
+        stop, encode=self.tokenizer.encode if self.tokenizer else None,
+        eos_id=self.eos_id, stop_at_eos=stop_at_eos)
+    b = len(rows)
+    capacity = _next_power_of_two(max(max_new_tokens, 1))
+    out = self._run_decode(
+        start, max_new_tokens, capacity, sampling, criteria,
+        self._row_keys(seed, b), step_offset=0,
+        finished=np.zeros((b,), bool),
+        return_logprobs=return_logprobs, return_logits=return_logits,
+        keep_state=return_state,
+        # The start state's buffers are reused unless the caller owns them
+        # (`state` continued with no new tokens) or a replay may need them
+        # (a stop string found only in the text, see below).
+        donate=start is not state and not (return_state and criteria.strings),
+    )
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    stopped = np.asarray(out.stopped)
+    logprobs = None if out.logprobs is None else np.asarray(out.logprobs)
+    logits = None if out.logits is None else np.asarray(out.logits)
+
+    result = SamplerOutput(text=[] if self.tokenizer else None, tokens=[],
+                           finish_reasons=[], prompt_tokens=rows,
+                           logprobs=[] if logprobs is not None else None,
+                           logits=[] if logits is not None else None)
+    replay = []  # tokens each row must have consumed, when a text stop cut it
+    for i in range(b):
+      gen = tokens[i, :lengths[i]].tolist()
+      consumed = len(gen)
+      keep = len(gen)
+      reason = "stop" if stopped[i] else "length"
+      if stopped[i] and gen and gen[-1] in criteria.token_ids:
+        keep -= 1
+      text = None
+      if self.tokenizer is not None:
+        text = self._decode_text(gen[:keep])
+        cut = stopping.find_stop(text, criteria.strings)
+        if cut is not None:
+          reason = "stop"
+          stop_end = cut + min(len(s) for s in criteria.strings
+                               if text.startswith(s, cut))
+          through = stopping.tokens_through(gen[:keep], stop_end,
+                                            self._decode_text)
+          consumed = min(consumed, through)
+          keep = stopping.tokens_before(gen[:keep], cut, self._decode_text)
+          text = text[:cut]
+        result.text.append(text)
+      replay.append(gen[:consumed])
+      result.tokens.append(gen[:keep])
+      result.finish_reasons.append(reason)
+      if logprobs is not None:
+        result.logprobs.append(logprobs[i, :keep])
+      if logits is not None:
+        result.logits.append(logits[i, :keep])
+    if return_state:
+      if any(len(r) < n for r, n in zip(replay, lengths)):
+        # A stop string ended a row in its text but not as the tokens the
+        # device looked for: rebuild the state from before the generation
+        # with exactly the tokens through the stop string.
+        result.state = self.extend(start, replay)
+      else:
+        result.state = out.state
+    return result
+
+  def _continuation_rows(self, prompts, batch_size: int) -> list[list[int]]:
+    if prompts is None or (isinstance(prompts, (list, tuple)) and
+                           not prompts):
+      return [[] for _ in range(batch_size)]
+    if isinstance(prompts, str) or (
+        isinstance(prompts, (Sequence, np.ndarray)) and len(prompts) and
+        isinstance(prompts[0], (int, np.integer))):
+      prompts = [prompts]
+    rows = [[] if (not isinstance(p, str) and len(p) == 0) else
+            self.encode([p], add_bos=False)[0] for p in prompts]
+    if len(rows) != batch_size:
+      raise ValueError(f"{len(rows)} prompts for a state of {batch_size} "
+                       "rows")
+    return rows
+
+  def _row_keys(self, seed, batch: int) -> jax.Array:
+    if isinstance(seed, (int, np.integer)):
+      base = jax.random.key(int(seed))
+      return jax.vmap(lambda i: jax.random.fold_in(base, i))(
+          jnp.arange(batch))
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+      raise ValueError(f"{len(seeds)} seeds for {batch} rows")
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+  def _run_decode(self, state, num_steps, capacity, sampling, criteria,
+                  row_keys, *, step_offset, finished, return_logprobs,
+                  return_logits, keep_state, donate,
+                  sync_every=None) -> decode_lib.DecodeOutput:
+    ids, seqs = stopping.device_arrays(criteria)
+    fn = self._decode[donate]
+    return fn(
+        self.params, state, jnp.int32(num_steps), row_keys,
+        jnp.int32(step_offset), jnp.float32(sampling.temperature or 1.0),
+        jnp.float32(sampling.top_p or 1.0), jnp.asarray(ids),
+        jnp.asarray(seqs), jnp.asarray(finished),
+        capacity=capacity, sampling=sampling.mode,
+        pad_id=self.pad_id, return_logprobs=return_logprobs,
+        return_logits=return_logits, freeze_finished=keep_state,
+        sync_every=sync_every or self.sync_every,
+    )
+
+  # Streaming -------------------------------------------------------------------
+
+  def stream(
+      self,
+      prompts: Prompt | Sequence[Prompt],
+      max_new_tokens: int,
+      *,
+      temperature: float = 0.0,
+      top_k: int | None = None,
+      top_p: float | None = None,
+      stop: str | int | Sequence[str | int] | None = None,
+      stop_at_eos: bool = True,
+      seed: int | Sequence[int] = 0,
+      state: DecodeState | None = None,
+  ) -> Iterator[StreamStep]:
+    """Like `generate`, but yields each step as soon as it is sampled.
+
+    One jitted decode step per token (the host sees every token), with the
+    same samples as `generate` for the same seed. A row ends at a stop token
+    or when its text contains a stop string; the iterator ends when every
+    row has ended. After the loop, `self.last_state` holds the state.
+    """
+    sampling = SamplingParams(temperature, top_k, top_p)
+    if state is None:
+      rows = self.encode(prompts)
+      current = self.prefill(rows, max_new_tokens)
+    else:
+      rows = self._continuation_rows(prompts, state.batch_size)
+      current = self.extend(state, rows)
+      self._check_room(current, max_new_tokens)
+    criteria = stopping.resolve(
+        stop, encode=self.tokenizer.encode if self.tokenizer else None,
+        eos_id=self.eos_id, stop_at_eos=stop_at_eos)
+    b = len(rows)
+    keys = self._row_keys(seed, b)
+    finished = np.zeros((b,), bool)
+    generated: list[list[int]] = [[] for _ in range(b)]
+    shown = [0] * b  # characters of text already yielded per row
+    for step in range(max_new_tokens):
+      out = self._run_decode(
+          current, 1, 1, sampling, criteria, keys, step_offset=step,
+          finished=finished, return_logprobs=False, return_logits=False,
+          keep_state=True, donate=current is not state, sync_every=1)
+      current = out.state
+      token = np.asarray(out.tokens)[:, 0]
+      active = np.asarray(out.lengths) > 0
+      stopped = np.asarray(out.stopped)
+      step_tokens, step_text = [], []
+      for i in range(b):
+        if not active[i]:
+          step_tokens.append(None)
+          step_text.append("")
+          continue
+        tok = int(token[i])
+        step_tokens.append(tok)
+        generated[i].append(tok)
+        delta = ""
+        if self.tokenizer is not None:
+          visible = generated[i]
+          if stopped[i] and tok in criteria.token_ids:
+            visible = visible[:-1]
+          text = self._decode_text(visible)
+          cut = stopping.find_stop(text, criteria.strings)
+          if cut is not None:
+            text = text[:cut]
+            stopped[i] = True
+          elif not stopped[i] and text.endswith("\ufffd"):
+            text = text[:-1]  # an incomplete multi-byte character
+          if len(text) > shown[i]:
+            delta = text[shown[i]:]
+            shown[i] = len(text)
+        step_text.append(delta)
+        if stopped[i]:
+          finished[i] = True
+      yield StreamStep(tokens=step_tokens, text=step_text,
+                       finished=finished.tolist())
+      if finished.all():
+        break
+    self.last_state = current
+
+  def conversation(self, **defaults) -> "Conversation":
+    """A `Conversation` over this sampler (`defaults` go to each turn)."""
+    return Conversation(self, **defaults)
+
+
+class Conversation:
+  """A single row that remembers its state between turns.
+
+      chat = sampler.conversation(max_new_tokens=64, stop=["\\nUser:"])
+      reply = chat.send("User: hi\\nModel:")        # str (or token ids)
+      reply = chat.send("\\nUser: and then?\\nModel:")
+
+  Each turn feeds only the new text: the model's cache already holds the
+  conversation, whatever its length (constant memory).
+  """
+
+  def __init__(self, sampler: Sampler, **defaults):
+    self.sampler = sampler
+    self.defaults = defaults
+    self.state: DecodeState | None = None
+    self.history: list[tuple[Prompt, SamplerOutput]] = []
+
+  def send(self, prompt: Prompt, **kwargs) -> str | list[int]:
+    """Appends `prompt`, generates a reply; returns its text (or tokens)."""
+    options = {**self.defaults, **kwargs}
+    options.setdefault("max_new_tokens", 64)
+    out = self.sampler.generate([prompt], state=self.state,
+                                return_state=True, **options)
+    self.state = out.state
+    self.history.append((prompt, out))
+    return out.text[0] if out.text is not None else out.tokens[0]

@@ -1,0 +1,97 @@
+"""`python -m recurrentgemma_jax.sample` from released-format weights and
+from a training workdir (written by the training code's Checkpointer)."""
+
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+import recurrentgemma_jax as rg
+import sampling_testlib as lib
+from recurrentgemma_jax import sample as cli
+from recurrentgemma_jax.sampling import Sampler
+
+
+def _records(capsys):
+  return [json.loads(line) for line in capsys.readouterr().out.splitlines()
+          if line.startswith("{")]
+
+
+def test_official_checkpoint(tmp_path, capsys):
+  config, _, params = lib.official_model()
+  path = str(tmp_path / "ckpt")
+  ocp.PyTreeCheckpointer().save(path, params)
+  spm_path = lib.sentencepiece_model_path()
+  rc = cli.main([
+      "--official", path, "--preset", "none", "--window", "8",
+      "--soft_cap", "30", "--sqrt_scale", "--tokenizer", spm_path,
+      "--prompt", "the cat sat", "--prompt", "a quick fox jumps over",
+      "--max_new_tokens", "16", "--no_stop_at_eos", "--json", "--logprobs"])
+  assert rc == 0
+  records = _records(capsys)
+  want = Sampler(lib.ours_from_official(), spm_path).generate(
+      ["the cat sat", "a quick fox jumps over"], 16, stop_at_eos=False,
+      return_logprobs=True)
+  assert [r["tokens"] for r in records] == want.tokens
+  assert [r["text"] for r in records] == want.text
+  for r, logprobs in zip(records, want.logprobs):
+    np.testing.assert_allclose(r["logprobs"], logprobs, atol=1e-4)
+  # A preset that does not match the checkpoint is refused with a message.
+  assert cli.main(["--official", path, "--prompt_tokens", "1,2",
+                   "--max_new_tokens", "2"]) == 1
+  assert "does not match" in capsys.readouterr().err
+
+
+def _fake_workdir(workdir, model, config):
+  """A workdir as the training loop writes it: config.json and
+  checkpoints/<step>/{state, data} through its Checkpointer."""
+  from recurrentgemma_jax.training import checkpointing
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  state = {"step": np.int32(7), "params": params,
+           "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+  data = iter(grain.MapDataset.range(4).to_iter_dataset())
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    keep=2)
+  ckpt.save(7, state, data)
+  ckpt.wait()
+  ckpt.close()
+
+
+def test_training_workdir(tmp_path, capsys):
+  from recurrentgemma_jax.training import config as config_lib
+
+  config = config_lib.base_config()
+  config.model = config_lib.model_config(
+      "", kind="griffin", depth=3, width=24, mlp_expanded_width=48,
+      num_heads=3, lru_width=30, attention_window_size=4,
+      logits_soft_cap=10.0, embeddings_scale_by_sqrt_dim=True,
+      dtype="float32")
+  config.data.task = "selective_copy"
+  blocks = ("recurrent", "recurrent", "attention")  # griffin, depth 3
+  model = lib.tiny_model(blocks=blocks)  # vocabulary 61
+  workdir = str(tmp_path / "run")
+  _fake_workdir(workdir, model, config)
+  loaded, tokenizer, step = cli.load_workdir(workdir)
+  assert step == 7 and tokenizer is None
+  assert loaded.config.vocab_size == 61
+  for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)),
+                  jax.tree.leaves(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(a, b)
+  rc = cli.main(["--workdir", workdir, "--prompt_tokens", "5,9,17",
+                 "--max_new_tokens", "12", "--json"])
+  assert rc == 0
+  want = lib.tiny_sampler(blocks=blocks).generate([[5, 9, 17]], 12)
+  assert [r["tokens"] for r in _records(capsys)] == want.tokens
+  with pytest.raises(rg.ConfigError, match="not a complete checkpoint"):
+    cli.load_workdir(workdir, step=3)
+  assert cli.main(["--workdir", workdir, "--prompt", "text"]) == 1
+  assert "tokenizer" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Experiment config schema, argument parsing and model-config building."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from recurrentgemma_jax.config import BlockType
+from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.training import config as config_lib
+
+import train_testlib
+
+EXPERIMENTS = sorted((train_testlib.REPO / "experiments").glob("*.py"))
+
+
+def _load(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_parse_arg_types_and_unknown_keys():
+  arg = config_lib.parse_arg("runlocal,model=hawk,steps=5", runlocal=False,
+                             model="griffin", steps=1)
+  assert (arg.runlocal, arg.model, arg.steps) == (True, "hawk", 5)
+  assert config_lib.parse_arg("", runlocal=False).runlocal is False
+  with pytest.raises(ConfigError, match="unknown"):
+    config_lib.parse_arg("nope=1", runlocal=False)
+  with pytest.raises(ConfigError, match="expected int"):
+    config_lib.parse_arg("steps=x", steps=1)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_every_experiment_validates(path, arg):
+  module = _load(path)
+  config = config_lib.validate(module.get_config(arg))
+  for field in ("total_steps", "batch_size", "seq_len", "learning_rate",
+                "warmup_steps", "eval_every", "checkpoint_every",
+                "keep_checkpoints", "seed", "model", "mesh"):
+    assert field in config
+  doc = module.__doc__
+  assert "python -m recurrentgemma_jax.train" in doc
+  assert "Expected" in doc and "Runtime" in doc
+
+
+@pytest.mark.parametrize("kind", ["griffin", "hawk", "mqa"])
+def test_synthetic_models_match_the_paper_setup(kind):
+  module = _load(train_testlib.REPO / "experiments" / "selective_copy.py")
+  config = module.get_config(f"model={kind}")
+  model = config_lib.build_model_config(config.model, vocab_size=16)
+  assert (model.width, model.num_layers, model.vocab_size) == (64, 5, 16)
+  attention = [i for i, b in enumerate(model.block_types)
+               if b == BlockType.ATTENTION]
+  assert attention == {"griffin": [2], "hawk": [], "mqa": [0, 1, 2, 3, 4]}[
+      kind]
+  window = {"griffin": 512, "hawk": 512, "mqa": None}[kind]
+  assert model.attention_window_size == window
+  assert config.seq_len == 1024 and config.data.num_tokens == 16
+
+
+def test_paper_scaling_budgets():
+  module = _load(train_testlib.REPO / "experiments" / "paper_scaling.py")
+  config = module.get_config("model=hawk,size=400m")
+  assert config.model.preset == "hawk-400m"
+  tokens = config.total_steps * config.batch_size * config.seq_len
+  assert abs(tokens - 7.8e9) / 7.8e9 < 1e-3
+
+
+def test_validate_rejects_unknown_and_mistyped_fields():
+  c = train_testlib.tiny_config().to_dict()
+  c["learning_rat"] = 1.0
+  with pytest.raises(ConfigError, match="unknown config field.*learning_rat"):
+    config_lib.validate(c)
+  c = train_testlib.tiny_config().to_dict()
+  c["batch_size"] = "8"
+  with pytest.raises(ConfigError, match="batch_size='8' should be int"):
+    config_lib.validate(c)
+  c = train_testlib.tiny_config().to_dict()
+  c["model"]["widht"] = 3
+  with pytest.raises(ConfigError, match="model.widht"):
+    config_lib.validate(c)
+  with pytest.raises(ConfigError, match="warmup_steps"):
+    config_lib.validate(train_testlib.tiny_config(warmup_steps=100))
+
+
+def test_validated_config_is_locked():
+  config = config_lib.validate(train_testlib.tiny_config())
+  with pytest.raises(AttributeError):
+    config.new_field = 1
+
+
+def test_build_model_config_from_preset_and_from_scratch():
+  section = config_lib.model_config("griffin-100m", width=256,
+                                    mlp_expanded_width=768, num_heads=4,
+                                    lru_width=256, lru_num_heads=4,
+                                    remat="dots")
+  model = config_lib.build_model_config(section, vocab_size=384)
+  assert (model.width, model.vocab_size, model.remat) == (256, 384, "dots")
+  assert model.num_layers == 12 and model.attention_window_size == 1024
+  scratch = config_lib.model_config(
+      "", kind="mqa", depth=2, width=32, mlp_expanded_width=64, num_heads=2,
+      attention_window_size=0)
+  model = config_lib.build_model_config(scratch, vocab_size=16)
+  assert model.attention_window_size is None
+  assert model.block_types == (BlockType.ATTENTION,) * 2
+  with pytest.raises(ConfigError, match="kind and model.depth"):
+    config_lib.build_model_config(
+        config_lib.model_config("", kind="hawk"), vocab_size=16)
+
+
+def test_config_file_flags_override_and_reject(tmp_path):
+  """The CLI: --config.field overrides; unknown fields and bad types fail
+  at flag parsing with a one-line message."""
+  common = ["-m", "recurrentgemma_jax.train",
+            "--config=experiments/mqar.py:runlocal",
+            f"--workdir={tmp_path}"]
+  result = train_testlib.python(*common, "--config.bogus_field=1")
+  assert result.returncode != 0
+  assert "bogus_field" in result.stderr
+  result = train_testlib.python(*common, "--config.batch_size=abc")
+  assert result.returncode != 0
+  assert "batch_size" in result.stderr
