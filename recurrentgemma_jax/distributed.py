@@ -24,8 +24,10 @@ ENV_PROCESS_ID = "RG_PROCESS_ID"
 
 # A lost peer is noticed within HEARTBEAT_TIMEOUT_S; a peer that never
 # arrives fails start-up after INITIALIZATION_TIMEOUT_S.
+# RG_HEARTBEAT_TIMEOUT_S overrides the latter (tests use a few seconds).
 INITIALIZATION_TIMEOUT_S = 300
 HEARTBEAT_TIMEOUT_S = 60
+ENV_HEARTBEAT_TIMEOUT = "RG_HEARTBEAT_TIMEOUT_S"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +89,8 @@ def initialize(
   group = from_env(coordinator_address, num_processes, process_id)
   timeouts = dict(
       initialization_timeout=INITIALIZATION_TIMEOUT_S,
-      heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+      heartbeat_timeout_seconds=int(
+          os.environ.get(ENV_HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_S)),
   )
   if group is not None and group.is_multi_process:
     jax.distributed.initialize(

@@ -25,6 +25,7 @@ import types
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from recurrentgemma_jax.config import ConfigError
@@ -41,6 +42,10 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   flags_ = flags.FLAGS
+  if not flags_["verbosity"].present:
+    # Our progress lines are prints; library INFO logs (Orbax writes several
+    # per checkpoint) would bury them. `--verbosity=0` brings them back.
+    logging.set_verbosity(logging.WARNING)
   if flags_.compile_only:
     sys.exit(cli.compile_only(flags_.config, flags_.workdir, flags_.topology))
   cli.initialize_processes()

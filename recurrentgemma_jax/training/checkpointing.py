@@ -7,6 +7,10 @@ renames it when complete; a step also counts as complete only once its
 `commit_success.txt` marker exists, so a half-written checkpoint (a killed
 writer, a partial copy) is never taken as the newest.
 
+A checkpoint restores onto any mesh and process count (Orbax reshards the
+state); the iterator positions are per process, so a run with a different
+process count replays the data instead (`loop._restore_or_init`).
+
 Preemption: on one process, SIGTERM sets a flag; with several processes,
 JAX's preemption sync manager (started by `jax.distributed.initialize`)
 catches SIGTERM and makes every process agree on the step to stop at.
@@ -75,6 +79,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     steps = self.complete_steps()
     return steps[-1] if steps else None
+
+  def data_process_count(self, step: int) -> int | None:
+    """How many processes wrote the data-iterator states of `step`."""
+    data = self.directory / str(step) / "data"
+    counts = {int(p.name.split("-of-")[1].split(".")[0])
+              for p in (data.iterdir() if data.exists() else ())
+              if p.name.startswith("process_") and "-of-" in p.name}
+    return counts.pop() if len(counts) == 1 else None
 
   # Save / restore ------------------------------------------------------------
 

@@ -283,7 +283,19 @@ def _restore_or_init(exp: Experiment, train_iter):
   checkpoint (data position included) or initialise."""
   latest = exp.checkpointer.latest_step()
   if latest is not None:
-    state = exp.checkpointer.restore(latest, exp.spec.abstract, train_iter)
+    writers = exp.checkpointer.data_process_count(latest)
+    same = writers == jax.process_count()
+    state = exp.checkpointer.restore(latest, exp.spec.abstract,
+                                     train_iter if same else None)
+    if not same:
+      # Iterator states are per process: with another process count, skip
+      # the `latest` batches (one per step) every process has consumed.
+      metrics_lib.log(
+          f"checkpoint {latest} was written by {writers} processes, this run"
+          f" has {jax.process_count()}: skipping {latest} batches of data",
+          enabled=exp.is_main)
+      for _ in range(latest):
+        next(train_iter)
     return state, latest
   state = state_lib.init_train_state(exp.spec, exp.tx, exp.config.seed,
                                      exp.init_params)
