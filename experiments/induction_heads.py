@@ -26,28 +26,13 @@ from recurrentgemma_jax.training import config as config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="griffin", runlocal=False)
-  c = config_lib.base_config()
-  c.total_steps = 20_000
+  c = config_lib.synthetic_task_config("induction_heads", arg.model,
+                                       window=128)
   c.batch_size = 128
   c.seq_len = 256
-  c.learning_rate = 1e-3
-  c.warmup_steps = 500
-  c.optimizer.weight_decay = 0.0
-  c.eval_every = 1000
   c.eval_batches = 8
-  c.checkpoint_every = 2000
-  c.log_every = 100
-  c.model = config_lib.synthetic_model(arg.model, window=128)
-  c.data.task = "induction_heads"
   c.data.vocab_size = 16
   if arg.runlocal:
-    c.total_steps = 1000
-    c.batch_size = 64
-    c.seq_len = 64
-    c.learning_rate = 3e-3
-    c.warmup_steps = 50
-    c.eval_every = 250
-    c.checkpoint_every = 500
-    c.log_every = 50
-    c.model.attention_window_size = 0 if arg.model == "mqa" else 32
+    config_lib.shrink_for_cpu(c, arg.model, total_steps=1000, batch_size=64,
+                              eval_every=250, checkpoint_every=500)
   return c

@@ -28,30 +28,13 @@ from recurrentgemma_jax.training import config as config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="griffin", runlocal=False)
-  c = config_lib.base_config()
-  c.total_steps = 20_000
-  c.batch_size = 64
+  c = config_lib.synthetic_task_config("selective_copy", arg.model,
+                                       window=512)
   c.seq_len = 1024
-  c.learning_rate = 1e-3
-  c.warmup_steps = 500
-  c.optimizer.weight_decay = 0.0
-  c.eval_every = 1000
   c.eval_batches = 4
-  c.checkpoint_every = 2000
-  c.log_every = 100
-  c.model = config_lib.synthetic_model(arg.model, window=512)
-  c.data.task = "selective_copy"
   c.data.vocab_size = 16
   c.data.num_tokens = 16
   if arg.runlocal:
-    c.total_steps = 600
-    c.batch_size = 32
-    c.seq_len = 64
+    config_lib.shrink_for_cpu(c, arg.model)
     c.data.num_tokens = 8
-    c.learning_rate = 3e-3
-    c.warmup_steps = 50
-    c.eval_every = 200
-    c.checkpoint_every = 300
-    c.log_every = 50
-    c.model.attention_window_size = 0 if arg.model == "mqa" else 32
   return c
