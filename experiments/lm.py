@@ -6,7 +6,12 @@ Arguments (after `:`, comma-separated):
   files=GLOBS     local text or .jsonl files instead (`+`-separated globs),
                   prepared once as a TFDS dataset by the package's builder;
   tokenizer=PATH  a SentencePiece model (default: bytes, no file needed);
-  model=griffin|hawk|mqa, runlocal.
+  model=griffin|hawk|mqa, runlocal;
+  size=100m (default: the paper's 100M size, sequences of 2048) or small
+                  (the tinyshakespeare comparison of docs/results.md: six
+                  blocks of width 256 at equal parameter counts, 4.64M MQA,
+                  4.65M Griffin, 4.66M Hawk with RNN width 192; 600 steps of
+                  32 x 512 bytes; Griffin's window 256).
 With neither dataset nor files, the project's sample corpus
 (../shared/data/tinyshakespeare.txt beside the repository) is used.
 
@@ -41,7 +46,9 @@ SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, dataset="", files="", data_dir="",
                              tokenizer="bytes", model="griffin",
-                             runlocal=False)
+                             size="100m", runlocal=False)
+  if arg.size not in ("100m", "small"):
+    raise ValueError(f"size={arg.size!r} is not one of 100m, small")
   c = config_lib.base_config()
   c.total_steps = 10_000
   c.batch_size = 64
@@ -60,6 +67,20 @@ def get_config(arg=None):
   else:
     c.data.update(source="text",
                   files=arg.files.replace("+", ",") or SAMPLE_CORPUS)
+  if arg.size == "small":
+    # docs/results.md: a 2000-step schedule overfit this 1 MB corpus (eval
+    # loss lowest near step 500, then rising while train loss fell to 0.1).
+    c.total_steps = 600
+    c.batch_size = 32
+    c.seq_len = 512
+    c.warmup_steps = 100
+    c.eval_every = 100
+    c.eval_batches = 8
+    c.checkpoint_every = 500
+    c.model = config_lib.model_config(
+        "", kind=arg.model, depth=6, width=256, mlp_expanded_width=768,
+        num_heads=4, lru_width=192,
+        attention_window_size=0 if arg.model == "mqa" else 256)
   if arg.runlocal:
     c.total_steps = 300
     c.batch_size = 16
@@ -72,7 +93,7 @@ def get_config(arg=None):
     c.log_every = 25
     c.model = config_lib.model_config(
         "", kind=arg.model, depth=3, width=128, mlp_expanded_width=384,
-        num_heads=4, lru_width=128,
+        num_heads=4, lru_width=96,  # equal parameters: 0.60M for each kind
         attention_window_size=0 if arg.model == "mqa" else 128,
         dtype="float32")
   return c

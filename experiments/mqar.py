@@ -17,8 +17,10 @@ recurrent state, as do all of Hawk's, and those recall fewer pairs. The
 runlocal variant (sequence 64, 4 pairs, vocabulary 64, 600 steps) ended at
 an eval accuracy of 0.29 for Griffin (chance 1/32 = 0.03), measured.
 Runtime: runlocal, 7.7 minutes wall on 2 CPU cores shared with other jobs
-(2.3 CPU-minutes of compute); full (20k steps of 64 x 512 tokens), about
-15 minutes on one H200 (estimate).
+(2.3 CPU-minutes of compute). At full size no model learned the task in
+17.75k steps on H200 (accuracy 0.002-0.005, about 14 minutes per run with
+six runs sharing a GPU; docs/results.md): width 64 is too narrow for 32
+pairs over 4096 values.
 """
 
 from recurrentgemma_jax.training import config as config_lib

@@ -6,6 +6,12 @@
 Without `--config`, the config the run saved in `WORKDIR/config.json` is
 used. Prints the eval loss, perplexity and accuracy of the newest complete
 checkpoint (or `--step`) and appends them to the workdir's metrics.
+
+Length extrapolation (writes WORKDIR/length_eval.json, see
+`training/length_eval.py`):
+
+    python -m recurrentgemma_jax.evaluate --workdir=/tmp/induction_heads \
+        --length_multipliers=1,2,4,8,16,32,64 [--examples=256] [--per_position]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ml_collections import config_flags
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.training import cli
+from recurrentgemma_jax.training import length_eval
 from recurrentgemma_jax.training import loop
 
 
@@ -29,7 +36,23 @@ def main(argv) -> None:
   cli.initialize_processes()
   try:
     config = flags_.config or loop.load_workdir_config(flags_.workdir)
-    result = loop.evaluate(config, flags_.workdir, flags_.step)
+    if flags_.length_multipliers:
+      try:
+        multipliers = [int(m) for m in flags_.length_multipliers]
+        if min(multipliers) < 1:
+          raise ValueError
+      except ValueError as e:
+        raise ConfigError(
+            "--length_multipliers: give integers >= 1, e.g. 1,2,4,8 "
+            f"(got {','.join(flags_.length_multipliers)})") from e
+      result = length_eval.evaluate_lengths(
+          config, flags_.workdir, multipliers, step=flags_.step,
+          examples=flags_.examples, per_position=flags_.per_position)
+      for row in result["lengths"]:  # the per-position arrays stay in the file
+        row.pop("per_position_loss", None)
+        row.pop("per_position_tokens", None)
+    else:
+      result = loop.evaluate(config, flags_.workdir, flags_.step)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -42,6 +65,15 @@ if __name__ == "__main__":
       lock_config=True)
   flags.DEFINE_string("workdir", None, "The training run's directory.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+  flags.DEFINE_list(
+      "length_multipliers", [],
+      "Evaluate at these multiples of the training length (e.g. 1,2,4,8) "
+      "and write WORKDIR/length_eval.json.")
+  flags.DEFINE_integer("examples", 256,
+                       "Sequences scored per length (--length_multipliers).")
+  flags.DEFINE_bool("per_position", False,
+                    "With --length_multipliers: also the mean loss at each "
+                    "position within a document.")
   cli.define_process_flags()
   flags.mark_flags_as_required(["workdir"])
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,326 @@
+"""Figures and tables from the runs of `reproduce.py` (OUTDIR/STUDY/RUN).
+
+For each study with finished runs:
+- `STUDY_training.png`: the headline eval metric against training steps,
+  one colour per model family, a thin line per seed and their mean;
+- `STUDY_lengths.png` (studies evaluated at several lengths): the metric
+  against evaluation length, mean over seeds with the seeds' range;
+- `STUDY_positions.png` (studies with per-position losses): the loss at each
+  position within a document at the longest evaluation length.
+`summary.md` holds the tables (Markdown) and `summary.json` the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from recurrentgemma_jax import plot as plot_lib
+from recurrentgemma_jax import reproduce
+
+COLORS = {"hawk": "C0", "griffin": "C1", "mqa": "C2"}
+LABELS = {"hawk": "Hawk", "griffin": "Griffin", "mqa": "MQA"}
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _num_params(workdir: str) -> float | None:
+  """Parameters (millions) from the run's log line `...: 0.27M parameters`."""
+  try:
+    with open(os.path.join(workdir, "log.txt"), encoding="utf-8") as f:
+      match = re.search(r": ([0-9.]+)M parameters", f.read())
+  except OSError:
+    return None
+  return float(match.group(1)) if match else None
+
+
+def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
+  """Every run of `study` in `outdir` that has metrics (finished or not:
+  `record["status"]` says), in directory order."""
+  root = os.path.join(outdir, study)
+  runs = []
+  if not os.path.isdir(root):
+    return runs
+  for name in sorted(os.listdir(root)):
+    workdir = os.path.join(root, name)
+    record = _read_json(os.path.join(workdir, "run.json"))
+    if not record or not os.path.exists(
+        os.path.join(workdir, "metrics.jsonl")):
+      continue
+    runs.append({
+        "workdir": workdir,
+        "model": record["model"],
+        "seed": record["seed"],
+        "record": record,
+        "series": plot_lib.read_metrics(workdir),
+        "lengths": _read_json(os.path.join(workdir, "length_eval.json")),
+        "params_m": _num_params(workdir),
+    })
+  return runs
+
+
+def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
+  mean = statistics.fmean(values)
+  spread = statistics.stdev(values) if len(values) > 1 else 0.0
+  return mean, spread
+
+
+def _fmt(mean: float, spread: float, n: int, digits: int = 3) -> str:
+  text = f"{mean:.{digits}f}"
+  return text + (f" ± {spread:.{digits}f}" if n > 1 else "")
+
+
+def _by_model(runs):
+  out: dict[str, list] = {}
+  for run in runs:
+    out.setdefault(run["model"], []).append(run)
+  return {m: out[m] for m in reproduce.MODELS if m in out}
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
+def plot_training(runs, study: reproduce.Study, out: str) -> str:
+  """Eval metric against step: a thin line per seed, a thick mean."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  key = f"eval/{study.metric}"
+  for model, group in _by_model(runs).items():
+    curves = [run["series"].get(key, {}) for run in group]
+    for curve in curves:
+      steps = sorted(curve)
+      ax.plot(steps, [curve[s] for s in steps], color=COLORS[model],
+              alpha=0.35, linewidth=0.8)
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    ax.plot(common, [statistics.fmean(c[s] for c in curves) for s in common],
+            color=COLORS[model], linewidth=2,
+            label=f"{LABELS[model]} ({len(curves)} seed"
+            f"{'s' if len(curves) > 1 else ''})")
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"eval {study.metric}")
+  ax.set_title(study.title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def _length_table(group) -> dict[int, list[float]]:
+  """{eval length: [metric per seed]} over the runs that have length evals."""
+  table: dict[int, list[float]] = {}
+  for run in group:
+    for row in (run["lengths"] or {}).get("lengths", []):
+      table.setdefault(row["seq_len"], []).append(row)
+  return table
+
+
+def plot_lengths(runs, study: reproduce.Study, out: str) -> str:
+  """Metric against evaluation length (log scale), mean and range of seeds."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  train_len = None
+  for model, group in _by_model(runs).items():
+    table = _length_table(group)
+    if not table:
+      continue
+    train_len = group[0]["lengths"]["train_seq_len"]
+    xs = sorted(table)
+    values = [[r[study.metric] for r in table[x]] for x in xs]
+    ax.plot(xs, [statistics.fmean(v) for v in values], "o-",
+            color=COLORS[model], label=LABELS[model])
+    ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values],
+                    color=COLORS[model], alpha=0.15)
+  if train_len:
+    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
+               label="training length")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("evaluation length (tokens)")
+  ax.set_ylabel(f"eval {study.metric}")
+  ax.set_title(f"{study.title}: length extrapolation")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def smoothed_positions(row: dict[str, Any], bins: int = 48
+                       ) -> tuple[list[float], list[float]]:
+  """Per-position loss averaged (token-weighted) within log-spaced bins.
+
+  Returns:
+    (bin centre positions, mean loss per bin), empty bins left out.
+  """
+  losses = row["per_position_loss"]
+  tokens = row["per_position_tokens"]
+  n = len(losses)
+  edges = sorted({0, *(int(round(math.exp(math.log(n) * i / bins)))
+                       for i in range(1, bins + 1))})
+  xs, ys = [], []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    weight = sum(tokens[lo:hi])
+    if weight <= 0:
+      continue
+    total = sum(l * t for l, t in zip(losses[lo:hi], tokens[lo:hi])
+                if l is not None)
+    xs.append((lo + hi - 1) / 2 + 1)
+    ys.append(total / weight)
+  return xs, ys
+
+
+def _pool_positions(rows: Sequence[dict[str, Any]]) -> dict[str, list]:
+  """Seeds' per-position losses pooled token-weighted, position by position."""
+  n = min(len(r["per_position_loss"]) for r in rows)
+  loss, tokens = [0.0] * n, [0.0] * n
+  for row in rows:
+    for p in range(n):
+      value, count = row["per_position_loss"][p], row["per_position_tokens"][p]
+      if value is not None and count > 0:
+        loss[p] += value * count
+        tokens[p] += count
+  return {"per_position_loss": [l / t if t else None
+                                for l, t in zip(loss, tokens)],
+          "per_position_tokens": tokens}
+
+
+def plot_positions(runs, study: reproduce.Study, out: str) -> str:
+  """Loss per document position at the longest evaluation length."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  train_len = None
+  for model, group in _by_model(runs).items():
+    rows = [max(run["lengths"]["lengths"], key=lambda r: r["seq_len"])
+            for run in group if run["lengths"]]
+    rows = [r for r in rows if "per_position_loss" in r]
+    if not rows:
+      continue
+    train_len = group[0]["lengths"]["train_seq_len"]
+    xs, ys = smoothed_positions(_pool_positions(rows))
+    ax.plot(xs, ys, color=COLORS[model],
+            label=f"{LABELS[model]} (eval length {rows[0]['seq_len']}, "
+            f"{len(rows)} seed{'s' if len(rows) > 1 else ''})")
+  if train_len:
+    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
+               label="training length")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("position in document (tokens)")
+  ax.set_ylabel("mean loss (nats / token)")
+  ax.set_title(f"{study.title}: loss by position")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def summarize(runs, study: reproduce.Study) -> dict[str, Any]:
+  """Final metrics per model: mean and spread over seeds, plus lengths."""
+  out = {}
+  for model, group in _by_model(runs).items():
+    key = f"eval/{study.metric}"
+    finals = [run["series"][key][max(run["series"][key])] for run in group
+              if run["series"].get(key)]
+    steps = [max(run["series"][key]) for run in group
+             if run["series"].get(key)]
+    entry: dict[str, Any] = {
+        "seeds": [run["seed"] for run in group],
+        "params_m": group[0]["params_m"],
+        "steps": steps,
+        "final": finals,
+        "train_minutes": [run["record"].get("train_seconds", 0) / 60
+                          for run in group],
+        "status": [run["record"].get("status") for run in group],
+        "command": group[0]["record"].get("train_command"),
+        "eval_command": group[0]["record"].get("eval_command"),
+        "device": group[0]["record"].get("device"),
+    }
+    table = _length_table(group)
+    entry["lengths"] = {str(length): [r[study.metric] for r in rows]
+                        for length, rows in sorted(table.items())}
+    out[model] = entry
+  return out
+
+
+def markdown(name: str, study: reproduce.Study, summary) -> str:
+  """The study's tables as Markdown."""
+  lines = [f"### {study.title} (`{name}`)", "",
+           f"| model | parameters | seeds | steps | final eval "
+           f"{study.metric} | train minutes / run |",
+           "|---|---|---|---|---|---|"]
+  for model, s in summary.items():
+    if not s["final"]:
+      continue
+    mean, spread = _mean_spread(s["final"])
+    params = f"{s['params_m']:.2f}M" if s["params_m"] else "?"
+    steps = "/".join(sorted({str(x) for x in s["steps"]}))
+    minutes = statistics.fmean(s["train_minutes"])
+    lines.append(f"| {LABELS[model]} | {params} | {len(s['final'])} | "
+                 f"{steps} | {_fmt(mean, spread, len(s['final']))} | "
+                 f"{minutes:.1f} |")
+  lengths = sorted({int(k) for s in summary.values() for k in s["lengths"]})
+  if len(lengths) > 1:
+    lines += ["", f"Eval {study.metric} by evaluation length (mean over "
+              "seeds):", "",
+              "| model | " + " | ".join(map(str, lengths)) + " |",
+              "|---|" + "---|" * len(lengths)]
+    for model, s in summary.items():
+      cells = []
+      for length in lengths:
+        values = s["lengths"].get(str(length))
+        cells.append(f"{statistics.fmean(values):.3f}" if values else "-")
+      lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_report(outdir: str, figures: str) -> str:
+  """Figures into `figures`, summary.md / summary.json into `outdir`.
+
+  Returns:
+    The Markdown summary.
+  """
+  os.makedirs(figures, exist_ok=True)
+  sections, numbers = [], {}
+  for name, study in reproduce.STUDIES.items():
+    runs = load_runs(outdir, name)
+    if not runs:
+      continue
+    made = [plot_training(runs, study,
+                          os.path.join(figures, f"{name}_training.png"))]
+    if len(study.multipliers) > 1 and any(r["lengths"] for r in runs):
+      made.append(plot_lengths(runs, study,
+                               os.path.join(figures, f"{name}_lengths.png")))
+    if study.per_position and any(r["lengths"] for r in runs):
+      made.append(plot_positions(
+          runs, study, os.path.join(figures, f"{name}_positions.png")))
+    numbers[name] = summarize(runs, study)
+    sections.append(markdown(name, study, numbers[name]) + "\n\nFigures: "
+                    + ", ".join(os.path.basename(p) for p in made))
+  if not sections:
+    raise SystemExit(f"error: no finished runs under {outdir}")
+  text = "\n\n".join(sections) + "\n"
+  with open(os.path.join(outdir, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(text)
+  with open(os.path.join(outdir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(numbers, f, indent=1)
+  return text
