@@ -188,7 +188,7 @@ class Runner:
            stages) -> dict:
     os.makedirs(job.workdir, exist_ok=True)
     record_path = os.path.join(job.workdir, "run.json")
-    record = _read_json(record_path) or {}
+    record = read_json(record_path) or {}
     if record.get("status") == "done":
       return record
     train = train_command(job, size, overrides, config_args)
@@ -232,7 +232,8 @@ def _shell(cmd: Sequence[str]) -> str:
   return " ".join(shlex.quote(p.replace(REPO + os.sep, "")) for p in parts)
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
+  """The JSON value in `path`, or None if it is missing or unreadable."""
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)

@@ -27,14 +27,6 @@ COLORS = {"hawk": "C0", "griffin": "C1", "mqa": "C2"}
 LABELS = {"hawk": "Hawk", "griffin": "Griffin", "mqa": "MQA"}
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _num_params(workdir: str) -> float | None:
   """Parameters (millions) from the run's log line `...: 0.27M parameters`."""
   try:
@@ -54,7 +46,7 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
     return runs
   for name in sorted(os.listdir(root)):
     workdir = os.path.join(root, name)
-    record = _read_json(os.path.join(workdir, "run.json"))
+    record = reproduce.read_json(os.path.join(workdir, "run.json"))
     if not record or not os.path.exists(
         os.path.join(workdir, "metrics.jsonl")):
       continue
@@ -64,7 +56,8 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
         "seed": record["seed"],
         "record": record,
         "series": plot_lib.read_metrics(workdir),
-        "lengths": _read_json(os.path.join(workdir, "length_eval.json")),
+        "lengths": reproduce.read_json(
+            os.path.join(workdir, "length_eval.json")),
         "params_m": _num_params(workdir),
     })
   return runs
@@ -97,6 +90,25 @@ def _pyplot():
   return plt
 
 
+def _finish(plt, fig, ax, out: str, *, xlabel: str, ylabel: str, title: str,
+            train_len: int | None = None) -> str:
+  """Labels, a log2 length axis with the training length marked (when
+  `train_len` is given), and the PNG at `out`."""
+  if train_len:
+    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
+               label="training length")
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
 def plot_training(runs, study: reproduce.Study, out: str) -> str:
   """Eval metric against step: a thin line per seed, a thick mean."""
   plt = _pyplot()
@@ -113,15 +125,8 @@ def plot_training(runs, study: reproduce.Study, out: str) -> str:
             color=COLORS[model], linewidth=2,
             label=f"{LABELS[model]} ({len(curves)} seed"
             f"{'s' if len(curves) > 1 else ''})")
-  ax.set_xlabel("training step")
-  ax.set_ylabel(f"eval {study.metric}")
-  ax.set_title(study.title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return _finish(plt, fig, ax, out, xlabel="training step",
+                 ylabel=f"eval {study.metric}", title=study.title)
 
 
 def _length_table(group) -> dict[int, list[float]]:
@@ -149,19 +154,10 @@ def plot_lengths(runs, study: reproduce.Study, out: str) -> str:
             color=COLORS[model], label=LABELS[model])
     ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values],
                     color=COLORS[model], alpha=0.15)
-  if train_len:
-    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
-               label="training length")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("evaluation length (tokens)")
-  ax.set_ylabel(f"eval {study.metric}")
-  ax.set_title(f"{study.title}: length extrapolation")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return _finish(plt, fig, ax, out, xlabel="evaluation length (tokens)",
+                 ylabel=f"eval {study.metric}",
+                 title=f"{study.title}: length extrapolation",
+                 train_len=train_len)
 
 
 def smoothed_positions(row: dict[str, Any], bins: int = 48
@@ -219,19 +215,10 @@ def plot_positions(runs, study: reproduce.Study, out: str) -> str:
     ax.plot(xs, ys, color=COLORS[model],
             label=f"{LABELS[model]} (eval length {rows[0]['seq_len']}, "
             f"{len(rows)} seed{'s' if len(rows) > 1 else ''})")
-  if train_len:
-    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
-               label="training length")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("position in document (tokens)")
-  ax.set_ylabel("mean loss (nats / token)")
-  ax.set_title(f"{study.title}: loss by position")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return _finish(plt, fig, ax, out, xlabel="position in document (tokens)",
+                 ylabel="mean loss (nats / token)",
+                 title=f"{study.title}: loss by position",
+                 train_len=train_len)
 
 
 def summarize(runs, study: reproduce.Study) -> dict[str, Any]:
