@@ -16,9 +16,9 @@ Expected: accuracy of the final answer rises from chance (1/15 = 0.067) to
 GPU): 1.00 for all at 256 tokens; evaluated at 64x (16,384 tokens, with
 `python -m recurrentgemma_jax.evaluate --length_multipliers=1,2,...,64`),
 Hawk 0.98, Griffin 0.19, MQA 0.09. One scored token per sequence makes this
-the slowest synthetic task to start learning: the runlocal variant (sequence
-64, window 32, 1000 steps of 64 sequences) takes roughly 10-20 minutes on 2
-CPU cores.
+the slowest synthetic task to start learning.
+Runtime: runlocal (sequence 64, window 32, 1000 steps of 64 sequences),
+roughly 10-20 minutes on 2 CPU cores; full size, about 10 minutes on H200.
 """
 
 from recurrentgemma_jax.training import config as config_lib
