@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.nn.embedding import Embedder
 from recurrentgemma_jax.nn.normalization import RMSNorm
@@ -105,7 +106,12 @@ class Griffin(nnx.Module):
     doc_ids = doc0[:, None] + jnp.cumsum(segment_pos == 0, axis=1,
                                          dtype=jnp.int32)
 
-    x = self.embedder.encode(tokens)
+    # Under `sharding.model_sharding` the embeddings and the logits are
+    # pinned batch-sharded (no-ops elsewhere): otherwise XLA may copy the
+    # table's `embed -> fsdp` split onto the residual stream and keep the
+    # whole global batch on every chip (docs/tpu.md, row 3).
+    x = sharding.constrain(self.embedder.encode(tokens),
+                           sharding.RESIDUAL_AXES)
     new_blocks = []
     for i, block in enumerate(self.blocks):
       block_cache = None if cache is None else cache.blocks[i]
@@ -118,6 +124,7 @@ class Griffin(nnx.Module):
       new_blocks.append(block_cache)
 
     logits = self.embedder.decode(self.final_norm(x))
+    logits = sharding.constrain(logits, sharding.LOGITS_AXES)
     cap = self.config.logits_soft_cap
     if cap:
       logits = jnp.tanh(logits / cap) * cap

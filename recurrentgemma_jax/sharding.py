@@ -13,14 +13,26 @@ maps them onto the four mesh axes:
 
 The batch is split over `data x fsdp` (rows) and `sequence` (time).
 
+Activations carry logical names too (`activation_*`, MaxText style): the
+model calls `constrain(x, axes)` on its residual stream and logits. Under
+`model_sharding(mesh)` (the context the train and eval steps are traced in)
+that pins them to the rules' layout; elsewhere it does nothing. Without the
+pins XLA's propagation is free to copy the parameters' `embed -> fsdp`
+sharding onto the residual stream, which leaves the batch whole on every
+chip (docs/tpu.md, row 3).
+
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 2, "sequence": 1})
     shardings = param_shardings(logical_axes(abstract_state), mesh)
+    with model_sharding(mesh):
+      step = jax.jit(train_step, ...).lower(...)
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -50,7 +62,23 @@ DEFAULT_RULES: Rules = (
     ("kv", None),
     ("norm", None),
     ("conv", None),
+    # Activations: rows over the data-parallel axes, time over `sequence`;
+    # the residual stream's width is whole on every device (the parameters'
+    # `embed -> fsdp` split is gathered, not copied onto activations).
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", "sequence"),
+    ("activation_embed", None),
+    ("activation_vocab", "tensor"),
+    ("activation_mlp", "tensor"),
 )
+
+# Logical axes of the activations the model pins (`constrain`).
+RESIDUAL_AXES = ("activation_batch", "activation_length", "activation_embed")
+LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
+# The MLP's input broadcast to its two up projections, [2, B, T, D], and
+# their outputs, [2, B, T, F].
+MLP_IN_AXES = (None, *RESIDUAL_AXES)
+MLP_UP_AXES = (None, "activation_batch", "activation_length", "activation_mlp")
 
 
 def mesh_shape(
@@ -153,9 +181,8 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, logical_to_mesh(("batch", "length"), rules))
 
 
-def scan_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
-  """Context that runs the RG-LRU scans per shard (`jax.shard_map`) with the
-  activation layout of `rules`; it must surround the tracing of the step."""
+def _scan_sharding(mesh: Mesh, rules: Rules):
+  """The RG-LRU scans run per shard (`jax.shard_map`) in `rules`' layout."""
   table = dict(rules)
   return pallas_kernels.scan_sharding(
       mesh,
@@ -163,6 +190,69 @@ def scan_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
       feature_axes=table.get("rnn"),
       sequence_axis=table.get("length"),
   )
+
+
+# (mesh, rules) of the innermost `activation_sharding`; None outside one.
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = (
+    contextvars.ContextVar("activation_sharding", default=None))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES
+                        ) -> Iterator[None]:
+  """Makes `constrain` pin activations to `mesh` by `rules` while tracing."""
+  token = _ACTIVATIONS.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+@contextlib.contextmanager
+def model_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES
+                   ) -> Iterator[None]:
+  """The context the model is traced in on `mesh`: RG-LRU scans per shard
+  and activation constraints (`constrain`), both by `rules`. It must
+  surround the tracing of the step (not only its call)."""
+  with _scan_sharding(mesh, rules), activation_sharding(mesh, rules):
+    yield
+
+
+def _fitting_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh
+                  ) -> PartitionSpec:
+  """`spec` without the mesh axes a dimension cannot use: axes that are
+  manual here (inside a `shard_map`) or do not divide it (e.g. T = 1 when
+  decoding under a `sequence` axis)."""
+  manual = set(jax.sharding.get_abstract_mesh().manual_axes)
+  out = []
+  for size, names in zip(shape, spec):
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    names = tuple(n for n in names if n not in manual)
+    if size % math.prod(mesh.shape[n] for n in names):
+      names = ()
+    out.append(names[0] if len(names) == 1 else (names or None))
+  return PartitionSpec(*out)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`x` pinned to the layout of its logical `axes` under
+  `activation_sharding` / `model_sharding`; `x` itself (nothing traced)
+  outside them or on a one-device mesh.
+
+  Args:
+    x: an activation, e.g. the residual stream `[B, T, D]` or the logits
+      `[B, T, V]`.
+    axes: one logical name (or None) per dimension of `x`, e.g.
+      `RESIDUAL_AXES`.
+  """
+  active = _ACTIVATIONS.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  if mesh.size == 1:
+    return x
+  spec = _fitting_spec(x.shape, logical_to_mesh(axes, rules), mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

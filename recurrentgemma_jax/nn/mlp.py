@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from recurrentgemma_jax import sharding
 from recurrentgemma_jax.nn import params as P
 from recurrentgemma_jax.nn.linear import Dense
 
@@ -49,6 +50,12 @@ class MLPBlock(nnx.Module):
     # weight on every call, which cost 22% of a RecurrentGemma-2B decode
     # step on an H200 (docs/benchmarks.md, "Sampling").
     xb = jnp.broadcast_to(x, (w.shape[0], *x.shape))
+    # Pinned batch-sharded under `sharding.model_sharding` (no-ops
+    # elsewhere): otherwise XLA:TPU computes w's fsdp-split gradient from
+    # `xb` and `up` gathered over the whole global batch (RecurrentGemma-9B
+    # on v5p-128: 6 GiB per block, docs/tpu.md).
+    xb = sharding.constrain(xb, sharding.MLP_IN_AXES)
     up = jnp.einsum("cbtd,cdf->cbtf", xb, w) + b
+    up = sharding.constrain(up, sharding.MLP_UP_AXES)
     gate, value = up[0], up[1]
     return self.ffw_down(jax.nn.gelu(gate, approximate=True) * value)

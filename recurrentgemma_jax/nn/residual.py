@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.nn.attention import AttentionCache
@@ -65,7 +66,12 @@ class ResidualBlock(nnx.Module):
       cache: BlockCache | None = None,
       return_cache: bool = False,
   ) -> tuple[jax.Array, BlockCache | None]:
-    """`x [B, T, D]` -> `([B, T, D], cache or None)`; see `Griffin.__call__`."""
+    """`x [B, T, D]` -> `([B, T, D], cache or None)`; see `Griffin.__call__`.
+
+    The residual stream (`x`, `h`, the output) is pinned batch-sharded with
+    its width whole under `sharding.model_sharding` (a no-op elsewhere).
+    """
+    x = sharding.constrain(x, sharding.RESIDUAL_AXES)
     normed = self.temporal_pre_norm(x)
     if self.block_type == BlockType.RECURRENT:
       mixed, cache = self.recurrent_block(normed, segment_pos, cache,
@@ -73,5 +79,6 @@ class ResidualBlock(nnx.Module):
     else:
       mixed, cache = self.attention_block(normed, segment_pos, positions,
                                           doc_ids, cache, return_cache)
-    h = x + mixed
-    return h + self.mlp_block(self.channel_pre_norm(h)), cache
+    h = sharding.constrain(x + mixed, sharding.RESIDUAL_AXES)
+    out = h + self.mlp_block(self.channel_pre_norm(h))
+    return sharding.constrain(out, sharding.RESIDUAL_AXES), cache

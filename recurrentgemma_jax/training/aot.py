@@ -243,13 +243,27 @@ class Report:
     ])
 
 
-def compile_train_step(config: Any, slice_name: str) -> Report:
-  """Compiles the sharded train step of `config` for a TPU slice.
+@dataclasses.dataclass(frozen=True)
+class _Target:
+  """The jitted train step of a config and its abstract inputs on a slice."""
 
-  Raises:
-    ConfigError: bad config, topology or mesh, or libtpu missing.
-    DoesNotFitError: the step needs more than the chip's HBM.
-  """
+  gen: Generation
+  name: str  # libtpu topology name
+  devices: list[Any]  # one per chip
+  cores_per_chip: int
+  mesh: jax.sharding.Mesh
+  model_config: GriffinConfig
+  spec: state_lib.StateSpec
+  step: Any  # jax.jit(train_step)
+  batch: dict[str, jax.ShapeDtypeStruct]  # [B, T], sharded
+
+  def lower(self) -> jax.stages.Lowered:
+    return self.step.lower(self.spec.abstract, self.batch)
+
+
+def _target(config: Any, slice_name: str) -> _Target:
+  """Validates `config` for the slice and builds its train step (nothing is
+  allocated: the state and batch are sharded ShapeDtypeStructs)."""
   config = config_lib.validate(config)
   gen, name, devices, cores_per_chip = topology_devices(slice_name)
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -275,10 +289,31 @@ def compile_train_step(config: Any, slice_name: str) -> Report:
   }
   step = loop.jit_train_step(config, spec, tx, schedule, mesh,
                              batch_sharding)
+  return _Target(gen, name, devices, cores_per_chip, mesh, model_config,
+                 spec, step, batch)
+
+
+def compiled_text(config: Any, slice_name: str) -> str:
+  """The optimized per-chip HLO of `config`'s train step for a slice (to
+  inspect its collectives); no memory check."""
+  return _target(config, slice_name).lower().compile().as_text()
+
+
+def compile_train_step(config: Any, slice_name: str) -> Report:
+  """Compiles the sharded train step of `config` for a TPU slice.
+
+  Raises:
+    ConfigError: bad config, topology or mesh, or libtpu missing.
+    DoesNotFitError: the step needs more than the chip's HBM.
+  """
+  config = config_lib.validate(config)
+  target = _target(config, slice_name)
+  gen, name, devices = target.gen, target.name, target.devices
+  mesh, model_config, spec = target.mesh, target.model_config, target.spec
   # A compile-only v4 device is one TensorCore with half the chip's HBM.
-  hbm = gen.hbm_bytes // cores_per_chip
+  hbm = gen.hbm_bytes // target.cores_per_chip
   try:
-    compiled = step.lower(spec.abstract, batch).compile()
+    compiled = target.lower().compile()
   except Exception as e:  # XLA:TPU refuses programs larger than HBM
     text = str(e)
     if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text:
@@ -301,7 +336,7 @@ def compile_train_step(config: Any, slice_name: str) -> Report:
       topology=name,
       device_kind=devices[0].device_kind,
       num_devices=len(devices),
-      devices_per_chip=cores_per_chip,
+      devices_per_chip=target.cores_per_chip,
       mesh=dict(mesh.shape),
       num_params=n_params,
       batch_size=config.batch_size,

@@ -127,7 +127,7 @@ def evaluate_lengths(
     exp.checkpointer.close()
   dp = sharding.data_parallel_size(exp.mesh)
   fn = jax.jit(
-      loop._with_scan_sharding(_token_losses(exp.spec.graphdef), exp.mesh),  # pylint: disable=protected-access
+      loop._with_model_sharding(_token_losses(exp.spec.graphdef), exp.mesh),  # pylint: disable=protected-access
       in_shardings=(exp.spec.param_shardings, exp.batch_sharding),
       out_shardings=sharding.replicated(exp.mesh),
   )

@@ -216,11 +216,12 @@ def _evaluate(exp: Experiment, eval_step, params) -> dict[str, float]:
   }
 
 
-def _with_scan_sharding(fn, mesh: Mesh):
-  """`fn` traced with the RG-LRU scans split per shard of `mesh`."""
+def _with_model_sharding(fn, mesh: Mesh):
+  """`fn` traced with the RG-LRU scans split per shard of `mesh` and the
+  activations pinned by the logical rules (`sharding.model_sharding`)."""
 
   def traced(*args):
-    with sharding.scan_sharding(mesh):
+    with sharding.model_sharding(mesh):
       return fn(*args)
 
   return traced
@@ -237,7 +238,7 @@ def jit_train_step(config, spec: state_lib.StateSpec,
       batch_sharding=batch_sharding,
   )
   return jax.jit(
-      _with_scan_sharding(train_step, mesh),
+      _with_model_sharding(train_step, mesh),
       in_shardings=(spec.shardings, batch_sharding),
       out_shardings=(spec.shardings, sharding.replicated(mesh)),
       donate_argnums=(0,),
@@ -250,7 +251,7 @@ def _jit_steps(exp: Experiment):
                               exp.mesh, exp.batch_sharding)
   replicated = sharding.replicated(exp.mesh)
   eval_step = jax.jit(
-      _with_scan_sharding(step_lib.make_eval_step(exp.spec.graphdef),
+      _with_model_sharding(step_lib.make_eval_step(exp.spec.graphdef),
                           exp.mesh),
       in_shardings=(exp.spec.param_shardings, exp.batch_sharding),
       out_shardings=replicated,

@@ -2,6 +2,8 @@
 (libtpu's compile-only TPU devices; no TPU needed): slice names, a compile
 per generation with the Pallas TPU scans, and the clear over-HBM error."""
 
+import re
+
 import pytest
 
 from recurrentgemma_jax.config import ConfigError
@@ -102,3 +104,20 @@ def test_command_line_compile_only(tmp_path):
                                 timeout=300)
   assert result.returncode == 1
   assert "error: topology 'v9-8'" in result.stderr
+
+
+@needs_libtpu
+def test_fsdp_keeps_activations_batch_sharded_on_tpu():
+  # The batch and the parameters' `embed` dimension share the fsdp axis.
+  # Without activation constraints XLA:TPU gathered whole-batch activations
+  # (docs/tpu.md row 3: 345 GiB of temporaries per chip); with them only
+  # parameters (and int32 token ids) are gathered.
+  config = _tiny(**{"model.num_heads": 2, "model.lru_num_heads": 2,
+                    "model.vocab_size": 1024})
+  config.update(seq_len=40)  # no parameter has a dimension pair (8, 40)
+  config.mesh.update(data=1, fsdp=-1, tensor=1, sequence=1)
+  hlo = aot.compiled_text(config, "v5p-8")  # 4 chips, 2 rows each
+  whole_batch = re.findall(
+      r"= (?:f32|bf16)\[(?:\d+,)*8,40(?:,\d+)*\][^ ]* "
+      r"(?:all-gather|all-reduce|reduce-scatter|all-to-all)", hlo)
+  assert not whole_batch

@@ -41,6 +41,11 @@ def test_logical_to_mesh_rules():
   assert sharding.logical_to_mesh(("batch", "length")) == P(
       ("data", "fsdp"), "sequence")
   assert sharding.logical_to_mesh(("norm",)) == P(None)
+  # Activations: rows over data x fsdp, time over sequence, width whole.
+  assert sharding.logical_to_mesh(sharding.RESIDUAL_AXES) == P(
+      ("data", "fsdp"), "sequence", None)
+  assert sharding.logical_to_mesh(sharding.LOGITS_AXES) == P(
+      ("data", "fsdp"), "sequence", "tensor")
   # A mesh axis is used once per array: the second "mlp" stays replicated.
   assert sharding.logical_to_mesh(("mlp", "mlp")) == P("tensor", None)
   with pytest.raises(ConfigError, match="no rule"):
@@ -146,3 +151,65 @@ def test_same_losses_with_sequence_parallelism(tmp_path):
   })
   np.testing.assert_allclose(losses["data2_tensor2_sequence2"],
                              losses["one"], rtol=0, atol=TOLERANCE)
+
+
+FULL_BATCH_COLLECTIVES = textwrap.dedent("""
+    import json, re, sys
+    import jax, jax.numpy as jnp
+    from recurrentgemma_jax import sharding
+    from recurrentgemma_jax.training import config as config_lib
+    from recurrentgemma_jax.training import loop
+    from recurrentgemma_jax.training import optimizer as optimizer_lib
+    from recurrentgemma_jax.training import state as state_lib
+    import train_testlib
+
+    B, T = 8, 40  # T = 40: no parameter has a dimension pair (8, 40)
+    if sys.argv[1] == "off":  # the model as before the constraints
+      sharding.constrain = lambda x, axes: x
+    config = config_lib.validate(train_testlib.tiny_config(
+        batch_size=B, seq_len=T, **{"model.num_heads": 4,
+                                    "model.lru_num_heads": 4,
+                                    "model.vocab_size": 512}))
+    config.unlock()
+    config.mesh.update(data=1, fsdp=8)
+    mesh = sharding.make_mesh(config.mesh)
+    model = config_lib.build_model_config(config.model)
+    tx = optimizer_lib.make_optimizer(config)
+    spec = state_lib.state_spec(model, tx, mesh)
+    rows = sharding.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((B, T), d, sharding=rows)
+             for k, d in (("inputs", jnp.int32), ("targets", jnp.int32),
+                          ("segment_pos", jnp.int32), ("mask", jnp.float32))}
+    step = loop.jit_train_step(config, spec, tx,
+                               optimizer_lib.learning_rate_schedule(config),
+                               mesh, rows)
+    hlo = step.lower(spec.abstract, batch).compile().as_text()
+    # Collectives moving a float activation of the whole global batch.
+    found = re.findall(
+        r"= (?:f32|bf16)\\[(?:\\d+,)*8,40(?:,\\d+)*\\][^ ]* "
+        r"(all-gather|all-reduce|reduce-scatter|all-to-all)\\(", hlo)
+    print("FOUND", json.dumps(found))
+""")
+
+
+@pytest.mark.parametrize("constraints", ["on", "off"])
+def test_activations_stay_batch_sharded_under_fsdp(constraints):
+  # fsdp splits parameters along `embed` and the batch over the same mesh
+  # axis. Without the activation constraints XLA copies the embedding
+  # table's split onto the residual stream and moves whole-batch
+  # activations (the 345 GiB of docs/tpu.md row 3 on a TPU); with them
+  # only parameters (and int32 token ids) are gathered.
+  result = train_testlib.python(
+      "-c", FULL_BATCH_COLLECTIVES, constraints,
+      env=train_testlib.env(
+          XLA_FLAGS="--xla_force_host_platform_device_count=8",
+          PYTHONPATH=f"{train_testlib.REPO}:{train_testlib.REPO}/tests/train"),
+      timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("FOUND")][0]
+  found = json.loads(line[len("FOUND"):])
+  if constraints == "on":
+    assert found == []
+  else:  # the test sees the problem when it is there
+    assert found
