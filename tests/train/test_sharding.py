@@ -111,16 +111,24 @@ PARALLEL_RUNS = textwrap.dedent("""
 
 
 def _parallel_losses(tmp_path, meshes):
+  out = _run_on_8_devices(PARALLEL_RUNS, "LOSSES", 900, json.dumps(meshes),
+                          str(tmp_path))
+  return {k: np.array(v) for k, v in out.items()}
+
+
+def _run_on_8_devices(script: str, tag: str, timeout: int, *args):
+  """Runs `script` in a Python with 8 CPU devices; returns the JSON it
+  printed after `tag` on one line."""
   result = train_testlib.python(
-      "-c", PARALLEL_RUNS, json.dumps(meshes), str(tmp_path),
+      "-c", script, *args,
       env=train_testlib.env(
           XLA_FLAGS="--xla_force_host_platform_device_count=8",
           PYTHONPATH=f"{train_testlib.REPO}:{train_testlib.REPO}/tests/train"),
-      timeout=900,
+      timeout=timeout,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  line = [l for l in result.stdout.splitlines() if l.startswith("LOSSES")][0]
-  return {k: np.array(v) for k, v in json.loads(line[len("LOSSES"):]).items()}
+  line = [l for l in result.stdout.splitlines() if l.startswith(tag)][0]
+  return json.loads(line[len(tag):])
 
 
 # float32 compute; the shardings only change reduction orders, so losses
@@ -199,16 +207,7 @@ def test_activations_stay_batch_sharded_under_fsdp(constraints):
   # table's split onto the residual stream and moves whole-batch
   # activations (the 345 GiB of docs/tpu.md row 3 on a TPU); with them
   # only parameters (and int32 token ids) are gathered.
-  result = train_testlib.python(
-      "-c", FULL_BATCH_COLLECTIVES, constraints,
-      env=train_testlib.env(
-          XLA_FLAGS="--xla_force_host_platform_device_count=8",
-          PYTHONPATH=f"{train_testlib.REPO}:{train_testlib.REPO}/tests/train"),
-      timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  line = [l for l in result.stdout.splitlines() if l.startswith("FOUND")][0]
-  found = json.loads(line[len("FOUND"):])
+  found = _run_on_8_devices(FULL_BATCH_COLLECTIVES, "FOUND", 600, constraints)
   if constraints == "on":
     assert found == []
   else:  # the test sees the problem when it is there
