@@ -6,7 +6,9 @@ For each study with finished runs:
 - `STUDY_lengths.png` (studies evaluated at several lengths): the metric
   against evaluation length, mean over seeds with the seeds' range;
 - `STUDY_positions.png` (studies with per-position losses): the loss at each
-  position within a document at the longest evaluation length.
+  position within a document at the longest evaluation length, all models;
+  `STUDY_positions_by_length.png`: a panel per model with a curve for each
+  evaluation length.
 `summary.md` holds the tables (Markdown) and `summary.json` the numbers.
 """
 
@@ -90,10 +92,10 @@ def _pyplot():
   return plt
 
 
-def _finish(plt, fig, ax, out: str, *, xlabel: str, ylabel: str, title: str,
-            train_len: int | None = None) -> str:
-  """Labels, a log2 length axis with the training length marked (when
-  `train_len` is given), and the PNG at `out`."""
+def _label(ax, *, xlabel: str, ylabel: str, title: str,
+           train_len: int | None = None) -> None:
+  """Axis labels and legend; with `train_len`, a log2 length axis with the
+  training length marked."""
   if train_len:
     ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
                label="training length")
@@ -102,11 +104,20 @@ def _finish(plt, fig, ax, out: str, *, xlabel: str, ylabel: str, title: str,
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8)
+
+
+def _save(plt, fig, out: str) -> str:
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
+
+
+def _finish(plt, fig, ax, out: str, **labels) -> str:
+  """`_label` for a one-panel figure, then the PNG at `out`."""
+  _label(ax, **labels)
+  return _save(plt, fig, out)
 
 
 def plot_training(runs, study: reproduce.Study, out: str) -> str:
@@ -221,6 +232,31 @@ def plot_positions(runs, study: reproduce.Study, out: str) -> str:
                  train_len=train_len)
 
 
+def plot_positions_by_length(runs, study: reproduce.Study, out: str) -> str:
+  """One panel per model: the loss at each document position for every
+  evaluation length (1x, 2x, ...), seeds pooled."""
+  plt = _pyplot()
+  groups = _by_model(runs)
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 3.8),
+                           sharey=True, squeeze=False)
+  for ax, (model, group) in zip(axes[0], groups.items()):
+    by_length: dict[int, list] = {}
+    for run in group:
+      for row in (run["lengths"] or {}).get("lengths", []):
+        if "per_position_loss" in row:
+          by_length.setdefault(row["multiplier"], []).append(row)
+    for i, (m, rows) in enumerate(sorted(by_length.items())):
+      xs, ys = smoothed_positions(_pool_positions(rows))
+      ax.plot(xs, ys, color=f"C{i}",
+              label=f"eval at {m}x ({rows[0]['seq_len']})")
+    train_len = group[0]["lengths"]["train_seq_len"] if by_length else None
+    _label(ax, xlabel="position in document (tokens)",
+           ylabel="mean loss (nats / token)", title=LABELS[model],
+           train_len=train_len)
+  fig.suptitle(f"{study.title}: loss by position at each evaluation length")
+  return _save(plt, fig, out)
+
+
 def summarize(runs, study: reproduce.Study) -> dict[str, Any]:
   """Final metrics per model: mean and spread over seeds, plus lengths."""
   out = {}
@@ -300,6 +336,9 @@ def write_report(outdir: str, figures: str) -> str:
     if study.per_position and any(r["lengths"] for r in runs):
       made.append(plot_positions(
           runs, study, os.path.join(figures, f"{name}_positions.png")))
+      made.append(plot_positions_by_length(
+          runs, study,
+          os.path.join(figures, f"{name}_positions_by_length.png")))
     numbers[name] = summarize(runs, study)
     sections.append(markdown(name, study, numbers[name]) + "\n\nFigures: "
                     + ", ".join(os.path.basename(p) for p in made))

@@ -261,7 +261,8 @@ def test_report_of_several_seeds_and_lengths(tmp_path, capsys):
   _fake_run(tmp_path, "griffin", 1, {10: 2.7, 20: 1.8}, {1: 1.8, 2: 2.4})
   _fake_run(tmp_path, "hawk", 0, {10: 3.0, 20: 2.6}, {1: 2.6})
   text = results.write_report(str(tmp_path), str(tmp_path / "fig"))
-  for name in ("lm_training.png", "lm_lengths.png", "lm_positions.png"):
+  for name in ("lm_training.png", "lm_lengths.png", "lm_positions.png",
+               "lm_positions_by_length.png"):
     assert (tmp_path / "fig" / name).read_bytes()[:8] == PNG_MAGIC
   summary = json.loads((tmp_path / "summary.json").read_text())["lm"]
   assert summary["griffin"]["final"] == [2.0, 1.8]
@@ -274,6 +275,18 @@ def test_report_of_several_seeds_and_lengths(tmp_path, capsys):
   assert "| Griffin | 1.900 | 2.300 |" in text
   assert "| Hawk | 2.600 | - |" in text
   assert (tmp_path / "summary.md").read_text() == text
+
+
+def test_seeds_pool_position_by_position_weighted_by_tokens():
+  # Seeds may score different positions (None / 0 tokens where one did not).
+  rows = [{"per_position_loss": [1.0, None, 3.0],
+           "per_position_tokens": [1, 0, 2]},
+          {"per_position_loss": [2.0, 4.0, None, 9.0],
+           "per_position_tokens": [3, 1, 0, 5]}]
+  pooled = results._pool_positions(rows)  # pylint: disable=protected-access
+  assert pooled["per_position_tokens"] == [4, 1, 2]  # the common prefix
+  assert pooled["per_position_loss"] == pytest.approx(
+      [(1.0 * 1 + 2.0 * 3) / 4, 4.0, 3.0])
 
 
 def test_smoothed_positions_are_token_weighted_bin_means():
