@@ -19,8 +19,8 @@ an eval accuracy of 0.29 for Griffin (chance 1/32 = 0.03), measured.
 Runtime: runlocal, 7.7 minutes wall on 2 CPU cores shared with other jobs
 (2.3 CPU-minutes of compute). At full size no model learned the task in
 17.75k steps on H200 (accuracy 0.002-0.005, about 14 minutes per run with
-six runs sharing a GPU; docs/results.md): width 64 is too narrow for 32
-pairs over 4096 values.
+six runs sharing a GPU; docs/results.md). Why was not tested; a wider
+model or fewer pairs are the first things to try.
 """
 
 from recurrentgemma_jax.training import config as config_lib
