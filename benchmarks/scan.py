@@ -1,7 +1,9 @@
 r"""Times the linear-scan implementations and the fused RG-LRU on one GPU.
 
 For every shape and dtype: forward and forward+backward of each
-`linear_scan` impl (sequential, associative, pallas_gpu), the fused RG-LRU
+`linear_scan` impl (sequential, associative, and the pallas_gpu kernels:
+the walking one, the time-parallel chunked one, and what `variant="auto"`
+picks), the fused RG-LRU
 against the unfused one (gate math in XLA + the pallas_gpu scan), and, when
 the `accelerated_scan` package (PyTorch + Triton) imports, its Triton scan
 on its own `[B, C, T]` layout, all in one process. A device copy is timed in
@@ -13,6 +15,9 @@ copy's.
     python benchmarks/scan.py --check               # + checks vs oracles
     python benchmarks/scan.py --sweep --sequential_once \
         --shapes "8,4096,2560;16,2048,4096" --runs 21  # docs/benchmarks.md
+    python benchmarks/scan.py --grid --runs 11      # the issue-14 grid
+    python benchmarks/scan.py --only_sweep --shapes "1,16384,2560" \
+        --chunked_sweep "chunk=64;chunk=128,bwd_chunk=64"  # tile shapes
 
 Timing: after warm-up, each timed run dispatches `inner` calls back to back
 (rotating among input sets that together exceed the L2 cache) and waits for
@@ -170,7 +175,25 @@ def _rg_lru_fns(fused: bool, **options):
   return jax.jit(fwd), jax.jit(fwd_bwd)
 
 
+# Row names of the pallas_gpu variants (`gpu_scan.pallas_gpu_scan(variant=)`).
+PALLAS_VARIANTS = {  # ("lookback" needs RG_EXPERIMENTAL_LOOKBACK=1)
+    "pallas_gpu walk": dict(variant="walk"),
+    "pallas_gpu chunked": dict(variant="chunked"),
+    "pallas_gpu lookback": dict(variant="chunked", lookback=True),
+    "pallas_gpu auto": dict(variant="auto"),
+}
+# The --grid shapes (B, T, D) of the issue: every combination that fits.
+GRID = tuple((b, t, d) for d in (2560, 4096) for t in (2048, 8192, 32768)
+             for b in (1, 2, 8, 16))
+# Device bytes a fwd+bwd row may need, in units of one [B, T, D] array (JAX
+# and PyTorch's inputs, outputs and gradients); larger rows are skipped.
+ARRAYS_PER_ROW = 15
+MEMORY_BUDGET = 125e9
+
+
 def bench_scan(shape, dtype, impl, runs, **options):
+  if impl in PALLAS_VARIANTS:
+    impl, options = "pallas_gpu", {**PALLAS_VARIANTS[impl], **options}
   itemsize = jnp.dtype(dtype).itemsize
   sets = _random_sets(shape, dtype, _n_sets(3 * math.prod(shape) * itemsize), 1)
   fwd, fwd_bwd = _scan_fns(impl, **options)
@@ -228,7 +251,10 @@ def bench_accelerated_scan(shape, dtype, runs):
     return torch.autograd.grad(y, (a, x), dy)
 
   sync = lambda _: torch.cuda.synchronize()
-  return time_calls(fwd, sync, n, runs), time_calls(fwd_bwd, sync, n, runs)
+  result = time_calls(fwd, sync, n, runs), time_calls(fwd_bwd, sync, n, runs)
+  del sets
+  torch.cuda.empty_cache()  # leave the memory to JAX for the next rows
+  return result
 
 
 def measure_copy_bandwidth(runs) -> dict[str, float]:
@@ -264,24 +290,43 @@ def _rel_err(got, want) -> float:
   return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-def check_correctness() -> bool:
-  """pallas_gpu vs the float64 oracle; fused vs unfused RG-LRU. Prints errors."""
+CHECK_VARIANTS = {
+    "walk": dict(variant="walk"),
+    "chunked": dict(variant="chunked"),
+    "lookback": dict(variant="chunked", lookback=True),
+}
+
+
+def check_correctness(variants=("walk", "chunked"), rg_lru_too=True,
+                      n_cases=6) -> bool:
+  """pallas_gpu (both variants) vs the float64 oracle; fused vs unfused
+  RG-LRU. Prints errors. The chunked variant's look-back is a cross-program
+  protocol, so its outputs must also be bitwise identical over repeats."""
   ok = True
   rng = np.random.default_rng(int(time.time()))
-  for shape, dtype, reverse in (
-      ((2, 1031, 2560), jnp.float32, False),
-      ((3, 1031, 1000), jnp.float32, True),
-      ((2, 1031, 2560), jnp.bfloat16, True),
-      ((8, 4096, 2560), jnp.float32, False),
-  ):
-    b, _, d = shape
+  cases = [(shape, dtype, reverse, variant) for variant in variants
+           for shape, dtype, reverse in (
+               ((1, 200, 64), jnp.float32, False),
+               ((2, 1031, 2560), jnp.float32, False),
+               ((3, 1031, 1000), jnp.float32, True),
+               ((2, 1031, 2560), jnp.bfloat16, True),
+               ((8, 4096, 2560), jnp.float32, False),
+               ((1, 16411, 2560), jnp.float32, False),
+               ((1, 32768, 4096), jnp.bfloat16, False),
+           )[:None if rg_lru_too else n_cases]]
+  for shape, dtype, reverse, name in cases:
+    variant = CHECK_VARIANTS[name]
+    b, t, d = shape
     x = jnp.asarray(rng.standard_normal(shape), dtype)
     a = jnp.asarray(rng.uniform(0.5, 1.0, shape), dtype)
+    # Resets (a = 0) at scattered steps, inside chunks and on their edges.
+    resets = rng.uniform(size=(b, t, 1)) < 0.01
+    a = jnp.where(jnp.asarray(resets), jnp.zeros((), dtype), a)
     h0 = jnp.asarray(rng.standard_normal((b, d)), jnp.float32)
     dy = jnp.asarray(rng.standard_normal(shape), dtype)
     dh = jnp.asarray(rng.standard_normal((b, d)), jnp.float32)
     scan = jax.jit(lambda x, a, h0: pallas_kernels.linear_scan(
-        x, a, h0, reverse=reverse, impl="pallas_gpu"))
+        x, a, h0, reverse=reverse, impl="pallas_gpu", **variant))
     (y, h_last), vjp = jax.vjp(scan, x, a, h0)
     grads = vjp((dy, dh))
     want = reference.numpy_scan(x, a, h0, reverse=reverse)
@@ -290,12 +335,21 @@ def check_correctness() -> bool:
                                            (*want, *want_grads))]
     tol = 2e-6 if dtype == jnp.float32 else 1e-2
     passed = max(errs) < tol
+    repeats_equal = True
+    if name != "walk":
+      for _ in range(5):
+        (y2, h2), vjp2 = jax.vjp(scan, x, a, h0)
+        g2 = vjp2((dy, dh))
+        repeats_equal &= all(bool(jnp.array_equal(p, q)) for p, q in zip(
+            (y, h_last, *grads), (y2, h2, *g2)))
+    passed &= repeats_equal
     ok &= passed
-    print(f"check scan {shape} {jnp.dtype(dtype).name} reverse={reverse}: "
-          f"rel err y,h,dx,da,dh0 = {['%.1e' % e for e in errs]} "
-          f"{'ok' if passed else 'FAIL'}")
+    print(f"check scan {name} {shape} {jnp.dtype(dtype).name} "
+          f"reverse={reverse}: rel err y,h,dx,da,dh0 = "
+          f"{['%.1e' % e for e in errs]} repeats equal: {repeats_equal} "
+          f"{'ok' if passed else 'FAIL'}", flush=True)
 
-  for dtype in (jnp.float32, jnp.bfloat16):
+  for dtype in (jnp.float32, jnp.bfloat16) if rg_lru_too else ():
     shape = (8, 4096, 2560)
     s = _random_sets(shape, dtype, 1, int(rng.integers(1 << 30)),
                      rg_lru_inputs=True)[0]
@@ -329,6 +383,38 @@ def check_correctness() -> bool:
 # ----------------------------------------------------------------------------
 
 
+ACCELERATED_SCAN = "accelerated-scan Triton [B,C,T]"
+
+
+def sweep(shape, dtypes, runs, copy_tbs, sweep_rows):
+  """Walking-kernel and fused RG-LRU block shapes at `shape` (--sweep)."""
+  for dtype in dtypes:
+    default = gpu_scan.ScanConfig()
+    for block_d, chunk, bwd_chunk, pipeline in SWEEP:
+      if (block_d, chunk, bwd_chunk, pipeline) == (
+          default.block_d, default.chunk, default.bwd_chunk,
+          default.pipeline):
+        continue
+      name = (f"pallas_gpu walk bd={block_d} c={chunk}/{bwd_chunk} "
+              f"pipeline={pipeline}")
+      t = bench_scan(shape, dtype, "pallas_gpu walk", runs, block_d=block_d,
+                     chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline)
+      sweep_rows.append(_row(shape, dtype, name, "scan", *t, copy_tbs))
+    for block_d, chunk, bwd_chunk, pipeline in RG_LRU_SWEEP:
+      name = (f"rg_lru fused bd={block_d} c={chunk}/{bwd_chunk} "
+              f"pipeline={pipeline}")
+      t = bench_rg_lru(shape, dtype, True, runs, block_d=block_d,
+                       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline)
+      sweep_rows.append(_row(shape, dtype, name, "rg_lru", *t, copy_tbs))
+  print(_table(sweep_rows), flush=True)
+
+
+def _parse_options(text: str) -> list[dict[str, int]]:
+  """"chunk=64,block_d=32;chunk=32" -> [{"chunk": 64, ...}, {...}]."""
+  return [{k: int(v) for k, v in (kv.split("=") for kv in item.split(","))}
+          for item in text.split(";") if item]
+
+
 def _row(shape, dtype, name, op, t_fwd, t_bwd, copy_tbs):
   itemsize = jnp.dtype(dtype).itemsize
   row = {"shape": list(shape), "dtype": jnp.dtype(dtype).name, "impl": name,
@@ -359,9 +445,9 @@ def _table(rows) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shapes", default=";".join(
-      ",".join(map(str, s)) for s in SHAPES),
-      help="B,T,D;B,T,D;... (default: %(default)s)")
+  parser.add_argument("--shapes", default=None,
+                      help="B,T,D;B,T,D;... (default: SHAPES, or GRID with "
+                      "--grid)")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--runs", type=int, default=25)
   parser.add_argument("--no_sequential", action="store_true",
@@ -372,11 +458,32 @@ def main(argv=None):
                       help="check pallas_gpu against oracles first")
   parser.add_argument("--sweep", action="store_true",
                       help="time pallas_gpu block shapes at the first shape")
-  parser.add_argument("--only_sweep", action="store_true")
+  parser.add_argument("--only_sweep", action="store_true",
+                      help="time only what --sweep / --chunked_sweep ask")
+  parser.add_argument("--check_only", default="",
+                      help="only check these variants (%s) and exit" % ",".join(
+                          CHECK_VARIANTS))
+  parser.add_argument("--check_cases", type=int, default=6,
+                      help="with --check_only: the first N cases")
+  parser.add_argument("--impls", default="associative,pallas_gpu walk,"
+                      "pallas_gpu chunked,pallas_gpu auto",
+                      help="scan rows to time (default: %(default)s; also "
+                      "'pallas_gpu lookback')")
+  parser.add_argument("--no_accelerated_scan", action="store_true")
+  parser.add_argument("--grid", action="store_true",
+                      help="scan rows only, at every GRID shape that fits "
+                      "(unless --shapes is given)")
+  parser.add_argument("--chunked_sweep", type=_parse_options, default=[],
+                      help="chunked-kernel options to time at every shape, "
+                      "e.g. 'chunk=64,bwd_chunk=32;chunk=128,block_d=64'")
   parser.add_argument("--out", default=None, help="write rows as JSON here")
   args = parser.parse_args(argv)
 
-  shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+  if args.shapes:
+    shapes = [tuple(int(v) for v in s.split(","))
+              for s in args.shapes.split(";")]
+  else:
+    shapes = list(GRID if args.grid else SHAPES)
   dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
   device = jax.devices()[0]
   info = {
@@ -394,6 +501,9 @@ def main(argv=None):
     info["torch"] = torch.__version__
   print(json.dumps(info), flush=True)
 
+  if args.check_only:
+    return 0 if check_correctness(args.check_only.split(","), False,
+                                  args.check_cases) else 1
   if args.check and not check_correctness():
     print("CORRECTNESS CHECK FAILED")
     return 1
@@ -404,54 +514,68 @@ def main(argv=None):
 
   rows, sweep_rows = [], []
 
-  def table_rows(shape, sequential):
+  def save():
+    if args.out:  # after every row: a run cut short keeps what it measured
+      with open(args.out, "w") as f:
+        json.dump({"info": info, "copy_tb_s": copy, "rows": rows,
+                   "sweep": sweep_rows}, f, indent=1)
+
+  def fits(shape, dtype) -> bool:
+    need = ARRAYS_PER_ROW * math.prod(shape) * jnp.dtype(dtype).itemsize
+    if need > MEMORY_BUDGET:
+      print(f"skipping {shape} {jnp.dtype(dtype).name}: needs about "
+            f"{need / 1e9:.0f} GB", flush=True)
+    return need <= MEMORY_BUDGET
+
+  def table_rows(shape, sequential, impls, with_rg_lru):
     for dtype in dtypes:
-      for impl in ["sequential"] * sequential + ["associative", "pallas_gpu"]:
+      if not fits(shape, dtype):
+        continue
+      for impl in ["sequential"] * sequential + impls:
         t = bench_scan(shape, dtype, impl, args.runs)
         rows.append(_row(shape, dtype, impl, "scan", *t, copy_tbs))
-      if accelerated_scan is not None:
+        save()
+      if accelerated_scan is not None and not args.no_accelerated_scan:
         t = bench_accelerated_scan(shape, dtype, args.runs)
-        rows.append(_row(shape, dtype, "accelerated-scan Triton [B,C,T]",
-                         "scan", *t, copy_tbs))
-      for fused in (False, True):
+        rows.append(_row(shape, dtype, ACCELERATED_SCAN, "scan", *t,
+                         copy_tbs))
+        save()
+      for fused in (False, True) if with_rg_lru else ():
         t = bench_rg_lru(shape, dtype, fused, args.runs)
         name = "rg_lru fused pallas_gpu" if fused else (
             "rg_lru unfused (XLA gates + pallas_gpu scan)")
         rows.append(_row(shape, dtype, name, "rg_lru", *t, copy_tbs))
-    print(_table(rows), flush=True)
+        save()
+    print(_table(rows[-12:]), flush=True)
 
-  # Most important first: a run cut short by a time limit keeps these rows.
-  if not args.only_sweep:
-    table_rows(shapes[0], not args.no_sequential)
-  if args.sweep or args.only_sweep:
-    shape = shapes[0]
+  impls = args.impls.split(",") if args.impls else []
+  if args.grid:
+    for shape in shapes if not args.only_sweep else ():
+      table_rows(shape, False, impls, False)
+  else:
+    # Most important first: a run cut short by a time limit keeps these.
+    if not args.only_sweep:
+      table_rows(shapes[0], not args.no_sequential, impls, True)
+    if args.sweep:
+      sweep(shapes[0], dtypes, args.runs, copy_tbs, sweep_rows)
+      save()
+    if not args.only_sweep:
+      for shape in shapes[1:]:
+        table_rows(shape, not args.no_sequential and not args.sequential_once,
+                   impls, True)
+  for shape in shapes if args.chunked_sweep else ():
     for dtype in dtypes:
-      default = gpu_scan.ScanConfig()
-      for block_d, chunk, bwd_chunk, pipeline in SWEEP:
-        if (block_d, chunk, bwd_chunk, pipeline) == (
-            default.block_d, default.chunk, default.bwd_chunk,
-            default.pipeline):
-          continue
-        name = (f"pallas_gpu bd={block_d} c={chunk}/{bwd_chunk} "
-                f"pipeline={pipeline}")
-        t = bench_scan(shape, dtype, "pallas_gpu", args.runs, block_d=block_d,
-                       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline)
+      for options in args.chunked_sweep:
+        name = "pallas_gpu chunked " + ",".join(
+            f"{k}={v}" for k, v in options.items())
+        t = bench_scan(shape, dtype, "pallas_gpu chunked", args.runs,
+                       **options)
         sweep_rows.append(_row(shape, dtype, name, "scan", *t, copy_tbs))
-      for block_d, chunk, bwd_chunk, pipeline in RG_LRU_SWEEP:
-        name = (f"rg_lru fused bd={block_d} c={chunk}/{bwd_chunk} "
-                f"pipeline={pipeline}")
-        t = bench_rg_lru(shape, dtype, True, args.runs, block_d=block_d,
-                         chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline)
-        sweep_rows.append(_row(shape, dtype, name, "rg_lru", *t, copy_tbs))
-    print(_table(sweep_rows), flush=True)
-  if not args.only_sweep:
-    for shape in shapes[1:]:
-      table_rows(shape, not args.no_sequential and not args.sequential_once)
+        save()
+    print(_table(sweep_rows[-len(dtypes) * len(args.chunked_sweep):]),
+          flush=True)
 
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"info": info, "copy_tb_s": copy, "rows": rows,
-                 "sweep": sweep_rows}, f, indent=1)
+  save()
   print(f"\ncopy bandwidth (TB/s): {copy}")
   if sweep_rows:
     print(_table(sweep_rows))

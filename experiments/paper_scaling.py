@@ -21,7 +21,10 @@ Command (on every host of a slice; launch/tpu.py runs it for you):
       --config=experiments/paper_scaling.py:model=griffin,size=400m \
       --workdir=gs://BUCKET/griffin_400m
 Quick CPU run: `--config=experiments/paper_scaling.py:runlocal` trains a
-width-64 stand-in on the project's sample corpus for 50 steps.
+width-64 stand-in for 50 steps on the Python standard library's source (the
+default corpus of experiments/lm.py, built on any machine; prepared in
+data_dir, default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+A bad model= or size= fails before any data is read.
 
 Expected: final validation loss decreasing with size along the paper's
 Figure 1(a) curves (absolute values depend on the dataset and tokenizer).
@@ -29,8 +32,7 @@ Runtime: 400m on a v5p-64 slice, a few hours (estimate from the FLOP count
 in docs/flops.md at 40% MFU); runlocal, about 1 minute on 2 CPU cores.
 """
 
-import os
-
+from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
 
@@ -43,17 +45,18 @@ BUDGETS = {
     "7b": (132e9, 3e-4, 4),
     "14b": (300e9, 2e-4, 8),
 }
-SAMPLE_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                             "..", "..", "shared", "data",
-                             "tinyshakespeare.txt")
+MODELS = ("griffin", "hawk", "mqa")
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="griffin", size="400m",
                              dataset="c4/en:3.1.0", data_dir="",
                              tokenizer="bytes", runlocal=False)
+  if arg.model not in MODELS:
+    raise ConfigError(f"model={arg.model!r} is not one of {', '.join(MODELS)}")
   if arg.size not in BUDGETS:
-    raise ValueError(f"size={arg.size!r} is not one of {list(BUDGETS)}")
+    raise ConfigError(
+        f"size={arg.size!r} is not one of {', '.join(BUDGETS)}")
   tokens, lr, tensor = BUDGETS[arg.size]
   c = config_lib.base_config()
   c.batch_size = 512
@@ -85,5 +88,5 @@ def get_config(arg=None):
         num_heads=2, lru_width=64,
         attention_window_size=0 if arg.model == "mqa" else 64,
         dtype="float32")
-    c.data.update(source="text", name="", files=SAMPLE_CORPUS)
+    c.data.update(source="python", name="")
   return c

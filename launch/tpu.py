@@ -10,7 +10,7 @@ ACTION is one of:
   setup    copy this checkout to every worker and install it with libtpu
   run      start training on all workers at once (needs --workdir gs://...)
   logs     stream worker 0's log of a run (--worker to pick another)
-  stop     SIGTERM the trainer everywhere (it checkpoints, then exits)
+  stop     SIGTERM the run's trainer everywhere (it checkpoints, then exits)
   delete   delete the TPU VM / queued resource
 
 Everything after `--` is forwarded to `python -m recurrentgemma_jax.train`
@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                  "this checkout (e.g. a git URL)")
   p.add_argument("--workdir", help="run: gs:// directory for the run")
   p.add_argument("--run_name", default="train",
-                 help="run/logs: name of the run's log file")
+                 help="run/logs/stop: the run's name (names its log and pid "
+                 "files; letters, digits, '_.-')")
   p.add_argument("--worker", default="0", help="logs: which worker")
   p.add_argument("--dry_run", action="store_true",
                  help="print the commands, run nothing")
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 def commands(args, train_args: list[str]) -> list[list[str]]:
   target = tc.Target(args.name, args.zone, args.accelerator, args.project,
                      args.runtime_version)
+  # Whatever the action: a bad value fails before any command is printed.
+  tc.check_run_name(args.run_name)
+  tc.check_worker(args.worker)
   if args.action == "create":
     return tc.create(target, spot=args.spot, reserved=args.reserved,
                      queued=args.queued)
@@ -78,7 +82,7 @@ def commands(args, train_args: list[str]) -> list[list[str]]:
   if args.action == "logs":
     return tc.logs(target, args.run_name, worker=args.worker)
   if args.action == "stop":
-    return tc.stop(target)
+    return tc.stop(target, args.run_name)
   return tc.delete(target, queued=args.queued)
 
 

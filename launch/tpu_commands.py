@@ -1,7 +1,9 @@
 """gcloud command lines for Cloud TPU VMs (pure functions, no side effects).
 
 Every builder returns argv lists; `launch/tpu.py` prints or runs them. Keeping
-them pure lets tests check exactly what a launch would do.
+them pure lets tests check exactly what a launch would do. Every value that
+ends up in a remote shell command is validated (`check_run_name`) and
+quoted with `shlex.quote`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,51 @@ RUNTIME_VERSIONS = {
     "v6e": "v2-alpha-tpuv6e",
 }
 ACCELERATOR = re.compile(r"^(v4|v5litepod|v5p|v6e)-(\d+)$")
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+WORKER = re.compile(r"all|\d+(,\d+)*")
 
-# Remote paths are expanded by the workers' shell (so never shlex-quoted).
+# Fixed remote directories, expanded by the workers' shell (inside double
+# quotes, never shlex-quoted); file names under them are shlex-quoted.
 REMOTE_DIR = "$HOME/recurrentgemma_jax"
 LOG_DIR = "$HOME/rg_logs"
 VENV = "$HOME/rg_venv"
+TRAINER = "recurrentgemma_jax.train"
 
 
 class LaunchError(ValueError):
   """A launch request that cannot be turned into commands."""
+
+
+def check_run_name(run_name: str) -> str:
+  """`run_name` names files in remote shell commands: a safe word only."""
+  if not RUN_NAME.fullmatch(run_name):
+    raise LaunchError(
+        f"--run_name {run_name!r}: letters, digits and '_.-' only, not "
+        "starting with '.' or '-'")
+  return run_name
+
+
+def check_worker(worker: str) -> str:
+  if not WORKER.fullmatch(worker):
+    raise LaunchError(
+        f"--worker {worker!r}: 'all' or worker numbers such as 0 or 0,3")
+  return worker
+
+
+def _run_file(run_name: str, suffix: str) -> str:
+  """The remote path of the run's log or pid file, quoted for the shell."""
+  return f'"{LOG_DIR}"/' + shlex.quote(check_run_name(run_name) + suffix)
+
+
+def _echo(message: str) -> str:
+  """Shell command printing `message` and the worker's host name."""
+  return f'echo {shlex.quote(message)} "$(hostname)"'
+
+
+def _is_running(pid_file: str) -> str:
+  """Shell test: `pid_file` names a live trainer (not a reused pid)."""
+  return (f'[ -f {pid_file} ] && grep -qaF {TRAINER} '
+          f'/proc/"$(cat {pid_file})"/cmdline 2>/dev/null')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +135,7 @@ def create(
 
 def ssh_all(target: Target, remote: str, worker: str = "all") -> list[str]:
   """Runs the shell command `remote` on the workers (all by default)."""
-  return _tpu_vm(target, "ssh", target.name, f"--worker={worker}",
+  return _tpu_vm(target, "ssh", target.name, f"--worker={check_worker(worker)}",
                  f"--command={remote}")
 
 
@@ -143,10 +181,11 @@ def run(
 
   Every worker runs the same program (JAX finds its peers on a TPU VM). The
   process is detached with nohup so that closing ssh does not stop it; its
-  output goes to `~/rg_logs/<run_name>.log` on each worker.
+  output goes to `~/rg_logs/<run_name>.log` and its pid to
+  `~/rg_logs/<run_name>.pid` on each worker (read by `stop`). A run whose
+  trainer is still running there is not started twice.
   """
-  if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_name):
-    raise LaunchError(f"--run_name {run_name!r}: letters, digits, '_.-' only")
+  log, pid_file = _run_file(run_name, ".log"), _run_file(run_name, ".pid")
   if any(a == "--workdir" or a.startswith("--workdir=") for a in train_args):
     raise LaunchError("give the workdir with --workdir, not after '--'")
   if not workdir.startswith("gs://"):
@@ -155,11 +194,13 @@ def run(
         " every worker can write"
     )
   args = shlex.join([f"--workdir={workdir}", *train_args])
-  log = f"{LOG_DIR}/{run_name}.log"
   remote = (
       f'mkdir -p "{LOG_DIR}" && cd "{REMOTE_DIR}" && '
-      f'nohup "{VENV}/bin/python" -m recurrentgemma_jax.train {args} '
-      f'> "{log}" 2>&1 < /dev/null &'
+      f'if {_is_running(pid_file)}; then '
+      f'{_echo(f"error: run {run_name} is already running on")} >&2; '
+      'exit 1; fi && '
+      f'{{ nohup "{VENV}/bin/python" -m {TRAINER} {args} '
+      f'> {log} 2>&1 < /dev/null & echo $! > {pid_file}; }}'
   )
   return [ssh_all(target, remote)]
 
@@ -168,13 +209,24 @@ def logs(target: Target, run_name: str, worker: str = "0",
          follow: bool = True) -> list[list[str]]:
   """Streams (or prints) one worker's log of the run."""
   tail = "tail -n +1 -F" if follow else "cat"
-  return [ssh_all(target, f'{tail} "{LOG_DIR}/{run_name}.log"',
+  return [ssh_all(target, f"{tail} {_run_file(run_name, '.log')}",
                   worker=worker)]
 
 
-def stop(target: Target) -> list[list[str]]:
-  """SIGTERM to the trainer on every worker: it checkpoints and exits."""
-  return [ssh_all(target, "pkill -TERM -f recurrentgemma_jax.train || true")]
+def stop(target: Target, run_name: str) -> list[list[str]]:
+  """SIGTERM to the run's trainer on every worker: it checkpoints and exits.
+
+  Only the process in the run's pid file (written by `run`) is signalled,
+  never another run's trainer or a reused pid.
+  """
+  pid_file = _run_file(run_name, ".pid")
+  remote = (
+      f'if {_is_running(pid_file)}; then '
+      f'kill -TERM "$(cat {pid_file})" && '
+      f'{_echo(f"run {run_name}: sent SIGTERM to the trainer on")}; '
+      f'else {_echo(f"run {run_name} is not running on")}; fi'
+  )
+  return [ssh_all(target, remote)]
 
 
 def delete(target: Target, queued: bool = False) -> list[list[str]]:

@@ -307,26 +307,48 @@ def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret, config):
   )(a, y, h0, dy.astype(y.dtype), dh_last.astype(jnp.float32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _scan(x, a, h0, reverse, interpret, config):
-  return _scan_forward(x, a, h0, reverse, interpret, config)
+def differentiable_scan(scan_forward, scan_backward):
+  """`scan(x, a, h0, reverse, interpret, config) -> (y, h_last)` with a
+  custom VJP, from the kernel launchers of one variant:
+  `scan_forward(x, a, h0, reverse, interpret, config)` and
+  `scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret,
+  config) -> (dx, da, dh0)`. The forward output y doubles as the saved
+  state h_{t-1} of the backward pass."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+  def scan(x, a, h0, reverse, interpret, config):
+    return scan_forward(x, a, h0, reverse, interpret, config)
+
+  def scan_fwd(x, a, h0, reverse, interpret, config):
+    y, h_last = scan_forward(x, a, h0, reverse, interpret, config)
+    return (y, h_last), (a, y, h0)
+
+  def scan_bwd(reverse, interpret, config, residuals, cotangents):
+    a, y, h0 = residuals
+    dy, dh_last = cotangents
+    return scan_backward(a, y, h0, dy, dh_last, y.dtype, reverse, interpret,
+                         config)
+
+  scan.defvjp(scan_fwd, scan_bwd)
+  return scan
 
 
-def _scan_fwd(x, a, h0, reverse, interpret, config):
-  y, h_last = _scan_forward(x, a, h0, reverse, interpret, config)
-  # y doubles as the saved state h_{t-1} of the backward pass.
-  return (y, h_last), (a, y, h0)
+_scan = differentiable_scan(_scan_forward, _scan_backward)
 
 
-def _scan_bwd(reverse, interpret, config, residuals, cotangents):
-  a, y, h0 = residuals
-  dy, dh_last = cotangents
-  return _scan_backward(
-      a, y, h0, dy, dh_last, y.dtype, reverse, interpret, config
-  )
+VARIANTS = ("auto", "walk", "chunked")
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+def choose_variant(batch: int, length: int, width: int) -> str:
+  """The kernel `variant="auto"` runs for a `[batch, length, width]` scan.
+
+  Always "walk" for now: on the H200 (docs/benchmarks.md, 2026-12-01) the
+  only time-parallel kernels measured so far were slower at every shape,
+  and the current two-pass kernels are not yet measured. The thresholds
+  go here once they are.
+  """
+  del batch, length, width
+  return "walk"
 
 
 def pallas_gpu_scan(
@@ -336,12 +358,15 @@ def pallas_gpu_scan(
     *,
     reverse: bool = False,
     interpret: bool = False,
+    variant: str = "auto",
     block_d: int | None = None,
     chunk: int | None = None,
     bwd_chunk: int | None = None,
     pipeline: bool | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    splits: int | None = None,
+    lookback: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Differentiable linear scan on GPU (the `pallas_gpu` impl).
 
@@ -351,19 +376,47 @@ def pallas_gpu_scan(
     h0: `[B, D]` float32 initial state.
     reverse: scan from the last time step to the first.
     interpret: run the Pallas kernels in interpret mode (CPU).
-    block_d, chunk, bwd_chunk, pipeline, num_warps, num_stages: `ScanConfig`
-      overrides (None keeps the default).
+    variant: "walk" (one program walks all T steps of its features, this
+      module), "chunked" (time split into chunks too, `gpu_chunked_scan`)
+      or "auto" (`choose_variant`).
+    block_d, chunk, bwd_chunk, pipeline, num_warps: overrides of the chosen
+      variant's config (`ScanConfig` or `ChunkedScanConfig`; None keeps
+      the default).
+    num_stages: `ScanConfig` override (walk only).
+    splits, lookback: `ChunkedScanConfig` overrides (chunked only;
+      `lookback=True` is experimental, see `gpu_lookback_scan`).
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
   """
-  batch, _, width = x.shape
+  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import gpu_chunked_scan
+  from pallas_kernels import gpu_lookback_scan
+
+  batch, length, width = x.shape
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+  if variant == "auto":
+    variant = choose_variant(batch, length, width)
+  h0 = h0.astype(jnp.float32)
+  if variant == "chunked":
+    if num_stages is not None:
+      raise TypeError("num_stages applies to variant='walk' only")
+    overrides = dict(gpu_lookback_scan.DEFAULTS) if lookback else {}
+    overrides.update({k: v for k, v in dict(
+        block_d=block_d, chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,
+        num_warps=num_warps, splits=splits, lookback=lookback).items()
+                      if v is not None})
+    config = gpu_chunked_scan.ChunkedScanConfig(**overrides)
+    return gpu_chunked_scan.chunked_scan(x, a, h0, reverse, interpret, config)
+  if splits is not None or lookback is not None:
+    raise TypeError("splits and lookback apply to variant='chunked' only")
   config = resolve_config(
       batch, width, ScanConfig(), block_d=block_d,
       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,
       num_warps=num_warps, num_stages=num_stages,
   )
-  return _scan(x, a, h0.astype(jnp.float32), reverse, interpret, config)
+  return _scan(x, a, h0, reverse, interpret, config)
 
 
 api.register_impl("pallas_gpu", pallas_gpu_scan)

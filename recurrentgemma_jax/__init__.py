@@ -10,8 +10,11 @@ RecurrentGemma models in JAX / Flax NNX.
     out = rg.Sampler(model).generate([[1, 2, 3]], max_new_tokens=8)
     rg.plot_metrics(["/tmp/workdir"], "/tmp/curves.png")
 
-`train`, `evaluate` and `plot_metrics` load the data and training stack
-(grain, TFDS, ml_collections) on first use only.
+`train`, `evaluate`, `plot_metrics`, `load_workdir` and `load_official`
+load the data and training stack (grain, TFDS, ml_collections) on first use
+only. They also keep the package from importing the entry-point modules
+(`python -m recurrentgemma_jax.sample` would then run a module that is
+already imported, and Python warns).
 """
 
 import importlib
@@ -26,8 +29,6 @@ from recurrentgemma_jax.official import from_official
 from recurrentgemma_jax.official import load_official_checkpoint
 from recurrentgemma_jax.official import to_official
 from recurrentgemma_jax.presets import PRESETS
-from recurrentgemma_jax.sample import load_official
-from recurrentgemma_jax.sample import load_workdir
 from recurrentgemma_jax.sampling import Conversation
 from recurrentgemma_jax.sampling import DecodeState
 from recurrentgemma_jax.sampling import Sampler
@@ -41,6 +42,8 @@ _LAZY = {
     "train": ("recurrentgemma_jax.training.loop", "train"),
     "evaluate": ("recurrentgemma_jax.training.loop", "evaluate"),
     "plot_metrics": ("recurrentgemma_jax.plot", "plot"),
+    "load_workdir": ("recurrentgemma_jax.sample", "load_workdir"),
+    "load_official": ("recurrentgemma_jax.sample", "load_official"),
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 SCAN_IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -209,6 +210,39 @@ class GriffinConfig:
     out = dataclasses.asdict(self)
     out["block_types"] = [b.value for b in self.block_types]
     return out
+
+
+def check_token_ids(tokens: Any, vocab_size: int, *,
+                    name: str = "tokens") -> None:
+  """Raises ValueError unless every id in `tokens` is an integer in
+  `[0, vocab_size)`.
+
+  For concrete values (lists, NumPy arrays, eager jax arrays): eager model
+  calls and the sampler check their ids with it, and a data pipeline should
+  check each batch with it (a few microseconds per batch). Inside
+  `jit` the ids cannot be checked, and a bad id gives a silently wrong
+  answer: an id >= vocab_size embeds as NaN (NaN logits), a negative id
+  wraps around (-1 reads the row of vocab_size - 1).
+
+  Args:
+    tokens: token ids of any shape.
+    vocab_size: the model's (or the data's) vocabulary size.
+    name: what the ids are, for the message.
+  """
+  ids = np.asarray(tokens)
+  if ids.size == 0:
+    return
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{name}: token ids must be integers, got dtype "
+                     f"{ids.dtype} (e.g. {ids.reshape(-1)[0].item()!r})")
+  bad = (ids < 0) | (ids >= vocab_size)
+  if bad.any():
+    where = np.argwhere(bad)[0]
+    value = ids[tuple(where)]
+    raise ValueError(
+        f"{name}: token id {value} at index {tuple(int(i) for i in where)} "
+        f"is outside the vocabulary [0, {vocab_size}) ({int(bad.sum())} bad "
+        "ids)")
 
 
 def _require_positive_int(field: str, value: Any) -> None:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.nn.embedding import Embedder
 from recurrentgemma_jax.nn.normalization import RMSNorm
 from recurrentgemma_jax.nn.residual import BlockCache
@@ -84,8 +85,14 @@ class Griffin(nnx.Module):
   ) -> jax.Array | tuple[jax.Array, GriffinCache]:
     """Runs the model.
 
+    Token ids must lie in `[0, vocab_size)`. Concrete ids (an eager call)
+    are checked and a bad one raises ValueError. Inside `jit` they cannot
+    be: there an id >= vocab_size gives NaN logits and a negative id wraps
+    around (-1 is vocab_size - 1), so check them where they are made
+    (`recurrentgemma_jax.config.check_token_ids`; the sampler does).
+
     Args:
-      tokens: `[B, T]` integer token ids.
+      tokens: `[B, T]` integer token ids in `[0, vocab_size)`.
       segment_pos: `[B, T]` integer position of each token in its document.
       cache: state after earlier tokens; the call then continues those rows
         (decoding one token, or a chunk of several).
@@ -165,4 +172,14 @@ def _check_inputs(tokens, segment_pos, config: GriffinConfig):
     )
   if tokens.shape[1] == 0:
     raise ValueError("tokens must hold at least one time step")
+  if _is_concrete(tokens):
+    check_token_ids(tokens, config.vocab_size)
   return tokens, segment_pos.astype(jnp.int32)
+
+
+def _is_concrete(x) -> bool:
+  """Whether `x`'s values can be read on this host (not traced under jit,
+  not a multi-host array)."""
+  if isinstance(x, jax.core.Tracer):
+    return False
+  return not isinstance(x, jax.Array) or x.is_fully_addressable

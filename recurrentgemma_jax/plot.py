@@ -4,7 +4,10 @@
 
 Reads each workdir's metrics.jsonl: train and eval loss (left), train and
 eval accuracy (right), one colour per run, labelled by the workdir's name.
-When a resumed run logged a step twice, the later line wins.
+When a resumed run logged a step twice, the later line wins; a line that is
+not a JSON record (a run killed while writing it) is skipped with a
+warning. The accuracy panel marks chance (uniform guessing among the
+answers) for synthetic tasks, from each workdir's config.json.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from etils import epath
@@ -25,24 +29,55 @@ def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
   if not path.exists():
     raise FileNotFoundError(f"no metrics.jsonl in {workdir}")
   series: dict[str, dict[int, float]] = {}
-  for line in path.read_text().splitlines():
-    if not line.strip():
+  lines = path.read_bytes().splitlines()
+  for number, raw in enumerate(lines, 1):
+    if not raw.strip():
       continue
-    record = json.loads(line)
-    step = record.pop("step")
+    try:
+      record = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      problem = str(e)
+    else:
+      step = record.pop("step", None) if isinstance(record, dict) else None
+      problem = (None if isinstance(step, int) and not isinstance(step, bool)
+                 else "not a record with an integer step")
+    if problem:
+      warnings.warn(f"{path}:{number}: skipped a bad line ({problem})",
+                    stacklevel=2)
+      continue
     for name, value in record.items():
-      series.setdefault(name, {})[step] = value
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        series.setdefault(name, {})[step] = value
   return series
 
 
-def plot(workdirs: Sequence[str], out: str) -> str:
-  """Writes the curves of `workdirs` to the PNG `out`; returns its path."""
+def chance_accuracy(workdir: str) -> float | None:
+  """Accuracy of uniform guessing on the run's task (synthetic tasks, from
+  `workdir/config.json`), or None when unknown."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    config = json.loads(path.read_text())
+    data = dict(config["data"])
+    task = data.pop("task")
+    from recurrentgemma_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+    if task not in synthetic.TASKS:
+      return None
+    return float(synthetic.TASKS[task](config["seq_len"], config["seed"],
+                                       "eval", **data).chance_accuracy)
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    return None
+
+
+def figure(workdirs: Sequence[str]):
+  """The matplotlib figure of the curves of `workdirs` (close it after)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, len(PANELS), figsize=(12, 4.5))
+  chances = set()
   for run, workdir in enumerate(workdirs):
     series = read_metrics(workdir)
     label = os.path.basename(os.path.normpath(str(workdir)))
@@ -52,8 +87,18 @@ def plot(workdirs: Sequence[str], out: str) -> str:
         points = series.get(f"{split}/{metric}")
         if points:
           steps = sorted(points)
-          ax.plot(steps, [points[s] for s in steps], style, color=color,
-                  label=f"{label} {split}", markersize=3)
+          # A single point is a marker (a line needs two).
+          ax.plot(steps, [points[s] for s in steps],
+                  style + ("o" if len(steps) == 1 and "o" not in style
+                           else ""),
+                  color=color, label=f"{label} {split}", markersize=3)
+    chance = chance_accuracy(workdir)
+    if chance is not None and series:
+      chances.add(chance)
+  accuracy = axes[[m for m, _ in PANELS].index("accuracy")]
+  for chance in sorted(chances):
+    accuracy.axhline(chance, color="gray", linestyle=":", linewidth=1,
+                     label=f"chance {chance:.3g}")
   for ax, (_, title) in zip(axes, PANELS):
     ax.set_xlabel("step")
     ax.set_title(title)
@@ -61,8 +106,18 @@ def plot(workdirs: Sequence[str], out: str) -> str:
     if ax.lines:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
+  return fig
+
+
+def plot(workdirs: Sequence[str], out: str) -> str:
+  """Writes the curves of `workdirs` to the PNG `out`; returns its path."""
+  fig = figure(workdirs)
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  try:
+    fig.savefig(out, dpi=120)
+  finally:
+    plt.close(fig)
   return out
 
 

@@ -13,9 +13,14 @@ in parallel, a few per accelerator; each is an ordinary training run in
     python -m recurrentgemma_jax.reproduce report --outdir=runs \
         --figures=docs/results
 
-`run` prints one line per finished stage and leaves in each run directory
-`log.txt` (the run's own output), `metrics.jsonl`, checkpoints,
-`length_eval.json` and `run.json` (command, hardware, wall time). `report`
+`run` prints one line per finished run (for a failed one, also the last
+lines of its log) and leaves in each run directory `log.txt` (the run's own
+output), `metrics.jsonl`, checkpoints, `length_eval.json` (the study's
+length evaluation, which `report` reads; an `evaluate --length_multipliers`
+by hand writes its own file, named by its settings) and `run.json`
+(command, hardware, wall time). The language-modelling study trains on the
+default corpus of experiments/lm.py, the Python standard library's source
+(`--config_arg=lm:files=PATH` for your text). `report`
 turns every finished run into PNG figures and `summary.md` / `summary.json`
 (tables of final metrics, mean and spread over seeds). SIGTERM or Ctrl-C
 stops the runs at a checkpoint; running again continues them.
@@ -40,6 +45,10 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("hawk", "griffin", "mqa")
 SIZES = ("runlocal", "paper")
+# Each run's length evaluation, the one `report` reads.
+LENGTH_EVAL_FILE = "length_eval.json"
+# Lines of a failed run's log that `run` prints.
+LOG_TAIL_LINES = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +81,9 @@ STUDIES: dict[str, Study] = {
                              "Induction heads",
                              multipliers=(1, 2, 4, 8, 16, 32, 64)),
     "mqar": Study("experiments/mqar.py", "Multi-query associative recall"),
-    "lm": Study("experiments/lm.py", "Byte-level language modelling "
-                "(tinyshakespeare)", config_arg="size=small",
+    # The corpus is the run's (lm.py's default or --config_arg=lm:files=).
+    "lm": Study("experiments/lm.py", "Byte-level language modelling",
+                config_arg="size=small",
                 # The whole held-out split at every length.
                 multipliers=(1, 2, 4, 8), examples=4096, per_position=True,
                 metric="loss"),
@@ -123,7 +133,7 @@ def eval_command(job: Job, size: str) -> list[str]:
   cmd = [sys.executable, "-m", "recurrentgemma_jax.evaluate",
          f"--workdir={job.workdir}",
          "--length_multipliers=" + ",".join(map(str, study.multipliers)),
-         f"--examples={examples}"]
+         f"--examples={examples}", f"--length_eval_file={LENGTH_EVAL_FILE}"]
   return cmd + (["--per_position"] if study.per_position else [])
 
 
@@ -226,6 +236,17 @@ class Runner:
     return record
 
 
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+  """The last `lines` non-blank lines of the log at `path` (the error of a
+  failed run), or a note that it cannot be read."""
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  except OSError as e:
+    return [f"(no log: {e})"]
+  return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
 def _shell(cmd: Sequence[str]) -> str:
   import shlex  # pylint: disable=g-import-not-at-top
   parts = ["python" if c == sys.executable else c for c in cmd]
@@ -318,6 +339,9 @@ def _run_all(runner: Runner, jobs: list[Job], args, config_args) -> int:
             f"(train {record['train_seconds']:.0f}s, eval "
             f"{record['eval_seconds']:.0f}s) {job.workdir}/log.txt",
             flush=True)
+      if record["status"] == "failed":
+        for line in log_tail(os.path.join(job.workdir, "log.txt")):
+          print(f"    {line}", flush=True)
   if failed:
     return 1
   return 128 + signal.SIGTERM if runner.stopping else 0
@@ -335,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       prog="python -m recurrentgemma_jax.reproduce",
       description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  run = sub.add_parser("run", help="train and evaluate the studies' runs")
+  from recurrentgemma_jax import argparse_help  # pylint: disable=g-import-not-at-top
+  run = sub.add_parser("run", help="train and evaluate the studies' runs",
+                       formatter_class=argparse_help.DefaultsFormatter)
   run.add_argument("--study", default="all",
                    help=f"comma-separated: {', '.join(STUDIES)} or all")
   run.add_argument("--models", default="all",
@@ -346,13 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   run.add_argument("--outdir", required=True)
   run.add_argument("--devices", default="cpu",
                    help="cpu, or comma-separated accelerator ids (0,1,2,3)")
-  run.add_argument("--jobs_per_device", type=int, default=1)
+  run.add_argument("--jobs_per_device", type=int, default=1,
+                   help="runs sharing each device")
   run.add_argument("--override", action="append", default=[],
                    help="a config field for every run, e.g. total_steps=8000,"
                    " or for one study: lm:total_steps=2000 (repeatable)")
   run.add_argument("--config_arg", action="append", default=[],
                    help="STUDY:ARGS appended to that study's config "
-                   "argument, e.g. lm:files=/data/shakespeare.txt")
+                   "argument, e.g. lm:files=/data/corpus.txt")
   run.add_argument("--train_only", action="store_true",
                    help="skip the length evaluations (run again without "
                    "this flag to add them)")

@@ -59,7 +59,7 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
         "record": record,
         "series": plot_lib.read_metrics(workdir),
         "lengths": reproduce.read_json(
-            os.path.join(workdir, "length_eval.json")),
+            os.path.join(workdir, reproduce.LENGTH_EVAL_FILE)),
         "params_m": _num_params(workdir),
     })
   return runs

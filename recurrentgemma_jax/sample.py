@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from recurrentgemma_jax import argparse_help
+from recurrentgemma_jax import platforms
 from recurrentgemma_jax.config import ConfigError
 
 
@@ -101,7 +103,8 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
 
   Reads `WORKDIR/config.json` (the run's config) and the parameters of
   `WORKDIR/checkpoints/<step>/state` (the newest complete step by default;
-  the optimizer state is not read). The model's vocabulary is the
+  the optimizer state is not read). Only reads: safe while a trainer runs
+  on the workdir. The model's vocabulary is the
   checkpoint's; the tokenizer is the run's for `lm` tasks, else None.
   `config_overrides` change `GriffinConfig` fields (e.g. dtype).
   """
@@ -110,6 +113,7 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from recurrentgemma_jax.model import Griffin  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
 
@@ -124,6 +128,11 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
   elif step not in steps:
     raise ConfigError(f"step {step} is not a complete checkpoint in "
                       f"{directory} (complete: {steps})")
+  damage = checkpointing.Checkpointer(directory, keep=1, read_only=True
+                                      ).missing_files(step)
+  if damage:
+    raise ConfigError(f"checkpoint step {step} in {directory} is damaged: "
+                      f"{damage}")
   params = _restore_params(os.path.join(directory, str(step), "state"))
   vocab_size = int(np.shape(params["embedder"]["input_embedding"])[0])
   model_config = config_lib.build_model_config(config.model, vocab_size)
@@ -173,10 +182,21 @@ def _parse_stop(values: list[str]) -> list[str | int]:
   return out
 
 
+def _token_ids(text: str) -> list[int]:
+  """`--prompt_tokens` "1,2,3" -> [1, 2, 3]."""
+  try:
+    return [int(t) for t in text.split(",") if t.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integer token ids, got {text!r}"
+    ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m recurrentgemma_jax.sample",
-      description="Sample from a training workdir or released weights.")
+      description="Sample from a training workdir or released weights.",
+      formatter_class=argparse_help.DefaultsFormatter)
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--workdir", help="training workdir")
   src.add_argument("--official", help="released Orbax checkpoint folder")
@@ -188,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--window", type=int, default=None,
                  help="attention window of --official without a preset "
                       "(0: global)")
-  p.add_argument("--soft_cap", type=float, default=None)
+  p.add_argument("--soft_cap", type=float, default=None,
+                 help="logits soft cap of --official without a preset (0: "
+                      "none)")
   p.add_argument("--sqrt_scale", action="store_true",
                  help="embeddings scaled by sqrt(width) (no preset)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
@@ -198,18 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--prompt", action="append", default=[],
                  help="a text prompt (repeat for a batch)")
   p.add_argument("--prompt_tokens", action="append", default=[],
+                 type=_token_ids,
                  help="a prompt as comma-separated token ids (repeatable)")
-  p.add_argument("--max_new_tokens", type=int, default=64)
-  p.add_argument("--temperature", type=float, default=0.0)
-  p.add_argument("--top_k", type=int, default=None)
-  p.add_argument("--top_p", type=float, default=None)
+  p.add_argument("--max_new_tokens", type=int, default=64,
+                 help="tokens to generate per prompt")
+  p.add_argument("--temperature", type=float, default=0.0,
+                 help="0 is greedy (argmax); > 0 samples from "
+                      "softmax(logits / temperature)")
+  p.add_argument("--top_k", type=int, default=None,
+                 help="sample among the k most likely tokens (default: all)")
+  p.add_argument("--top_p", type=float, default=None,
+                 help="nucleus sampling: among the most likely tokens "
+                      "whose probability reaches top_p (default: off)")
   p.add_argument("--stop", action="append", default=[],
                  help="stop string or token id (repeatable)")
-  p.add_argument("--no_stop_at_eos", action="store_true")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no_stop_at_eos", action="store_true",
+                 help="keep generating after the tokenizer's EOS")
+  p.add_argument("--seed", type=int, default=0,
+                 help="random seed of sampling (the same seed gives the "
+                      "same samples)")
   p.add_argument("--stream", action="store_true",
                  help="print the text as it is generated (one prompt)")
-  p.add_argument("--logprobs", action="store_true")
+  p.add_argument("--logprobs", action="store_true",
+                 help="also print each token's log-probability")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object per prompt")
   return p
@@ -246,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from recurrentgemma_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
 
-  prompts: list[Any] = list(args.prompt)
-  prompts += [[int(t) for t in p.split(",") if t.strip()]
-              for p in args.prompt_tokens]
+  prompts: list[Any] = list(args.prompt) + list(args.prompt_tokens)
   if not prompts:
     print("error: give --prompt or --prompt_tokens", file=sys.stderr)
     return 2
@@ -293,4 +324,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  platforms.skip_absent_tpu()
   sys.exit(main())

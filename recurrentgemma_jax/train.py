@@ -1,4 +1,4 @@
-"""Train an experiment: the command-line entry point.
+r"""Train an experiment: the command-line entry point.
 
     python -m recurrentgemma_jax.train \
         --config=experiments/selective_copy.py:runlocal \
@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from recurrentgemma_jax import platforms
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.training import cli
 from recurrentgemma_jax.training import loop
@@ -70,11 +71,13 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
+  platforms.skip_absent_tpu()
   config_flags.DEFINE_config_file(
       "config", None, "Experiment config file (experiments/*.py[:arg]).",
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
   cli.define_process_flags()
   cli.define_compile_flags()
+  flags.adopt_module_key_flags(cli)  # listed by --help, not only --helpfull
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

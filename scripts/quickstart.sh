@@ -13,3 +13,4 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
   --config=experiments/selective_copy.py:runlocal --workdir="$workdir"
 .venv/bin/python -m recurrentgemma_jax.plot "$workdir" --out="$workdir/curves.png"
 echo "[quickstart] metrics: $workdir/metrics.jsonl   curves: $workdir/curves.png"
+echo "[quickstart] for the README's other commands: source .venv/bin/activate"

@@ -15,3 +15,45 @@ def test_readme_python_blocks_run():
     exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["logits"].shape == (2, 1, 256)
   assert namespace["y"].shape == (2, 100, 8)
+
+
+def _commands(text: str) -> list[list[str]]:
+  """The `python -m recurrentgemma_jax.*` commands of the bash blocks, as
+  argument lists (continuation lines joined)."""
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split("#")[0].split()
+      if line[:2] == ["python", "-m"] and line[2].startswith(
+          "recurrentgemma_jax."):
+        commands.append(line[2:])
+  return commands
+
+
+def _flag(args: list[str], name: str) -> str | None:
+  for arg in args:
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+  return None
+
+
+def test_readme_commands_read_only_what_earlier_commands_write():
+  text = (ROOT / "README.md").read_text()
+  assert "source .venv/bin/activate" in text
+  made = []  # workdirs and output folders of the commands so far
+  commands = _commands(text)
+  assert len(commands) > 5
+  for module, *args in commands:
+    name = module.split(".")[1]
+    if name == "train" or (name == "reproduce" and args[0] == "run"):
+      made.append(_flag(args, "workdir") or _flag(args, "outdir"))
+      continue
+    if name == "plot":
+      used = [a for a in args if not a.startswith("-")]
+      out = _flag(args, "out")
+      assert out and out.startswith("/"), f"plot writes into the cwd: {args}"
+    else:
+      used = [_flag(args, "workdir") or _flag(args, "outdir")]
+    for path in used:
+      assert any(path == m or path.startswith(m + "/") for m in made), (
+          f"{module} reads {path}, which no earlier README command writes")

@@ -1,1 +1,2 @@
-"""Input pipelines: synthetic tasks, tokenizers, packing, local text."""
+"""Input pipelines: synthetic tasks, tokenizers, packing, local text and the
+Python-source corpus."""

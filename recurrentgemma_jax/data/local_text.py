@@ -12,9 +12,17 @@ then gives random access to `{"text": bytes}` examples.
   shuffling mixes the corpus).
 
 The last `validation_fraction` of the documents (at least one) form the
-validation split. The builder config's name is a digest of the files (paths,
-sizes, modification times) and options: changing any of them prepares a new
-version instead of reusing stale data.
+validation split, unless `validation_files` are given: then the split is by
+file (the documents of `files` train, those of `validation_files` are held
+out; `code_corpus.py` splits that way). The builder config's name is a digest
+of the files (paths, sizes, modification times) and options: changing any of
+them prepares a new version instead of reusing stale data.
+
+Prepared datasets go in `data_dir/local_text/<digest>/` (`data_dir` None:
+TFDS's default folder, `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+
+Errors (a glob matching nothing, a folder, text that is not UTF-8, a bad
+JSON line) are one-line `ConfigError`s naming the file.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ from recurrentgemma_jax.config import ConfigError
 JSONL_SUFFIXES = (".jsonl", ".json")
 
 
+# How to name the files, for the errors below.
+FILES_HINT = ("give existing text or .jsonl files as files=PATH (globs joined "
+              "by '+', e.g. experiments/lm.py:files=/data/*.txt) or "
+              "--config.data.files=GLOB,GLOB")
+
+
 def expand_files(patterns: str | Sequence[str]) -> tuple[str, ...]:
   """Comma-separated (or listed) globs -> sorted absolute paths."""
   if isinstance(patterns, str):
@@ -40,28 +54,57 @@ def expand_files(patterns: str | Sequence[str]) -> tuple[str, ...]:
   for pattern in patterns:
     matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
     if not matches:
-      raise ConfigError(f"data.files: no file matches {pattern!r}")
+      raise ConfigError(
+          f"data.files: no file matches {pattern!r}; {FILES_HINT}")
+    for match in matches:
+      if os.path.isdir(match):
+        raise ConfigError(
+            f"data.files: {match} is a folder, not a file; name its files "
+            f"with a glob such as {os.path.join(match, '*.txt')}")
     files.extend(os.path.abspath(m) for m in matches)
   if not files:
-    raise ConfigError("data.files: no files given")
+    raise ConfigError(f"data.files: no files given; {FILES_HINT}")
   return tuple(files)
 
 
 def read_documents(path: str, text_field: str, max_chars: int
                    ) -> Iterator[str]:
-  """The documents of one file (see the module docstring)."""
-  if path.endswith(JSONL_SUFFIXES):
-    with open(path, encoding="utf-8") as f:
-      for line_no, line in enumerate(f, 1):
-        if not line.strip():
-          continue
+  """The documents of one file (see the module docstring).
+
+  Raises:
+    ConfigError: naming `path` if it is not UTF-8 text (or JSON lines).
+  """
+  try:
+    if path.endswith(JSONL_SUFFIXES):
+      yield from _jsonl_documents(path, text_field)
+    else:
+      yield from _text_documents(path, max_chars)
+  except UnicodeDecodeError as e:
+    raise ConfigError(
+        f"data.files: {path} is not UTF-8 text (byte {e.start}: "
+        f"{e.object[e.start:e.start + 4]!r}); convert it, e.g. with "
+        "`iconv -t utf-8`, or leave it out") from None
+  except OSError as e:
+    raise ConfigError(f"data.files: cannot read {path}: {e.strerror}") from e
+
+
+def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
         record = json.loads(line)
-        if text_field not in record:
-          raise ConfigError(
-              f"{path}:{line_no}: no {text_field!r} field (data.text_field)"
-          )
-        yield record[text_field]
-    return
+      except ValueError as e:
+        raise ConfigError(f"{path}:{line_no}: not a JSON line ({e})") from None
+      if not isinstance(record, dict) or text_field not in record:
+        raise ConfigError(
+            f"{path}:{line_no}: no {text_field!r} field (data.text_field)"
+        )
+      yield record[text_field]
+
+
+def _text_documents(path: str, max_chars: int) -> Iterator[str]:
   chunk: list[str] = []
   size = 0
   with open(path, encoding="utf-8") as f:
@@ -76,25 +119,42 @@ def read_documents(path: str, text_field: str, max_chars: int
 
 
 class LocalTextConfig(tfds.core.BuilderConfig):
-  """Which files to read and how to cut them into documents."""
+  """Which files to read and how to cut them into documents.
+
+  With `validation_files`, those files are the validation split and
+  `validation_fraction` is unused.
+  """
 
   def __init__(self, *, files: Sequence[str], text_field: str = "text",
-               max_chars: int = 8192, validation_fraction: float = 0.1):
+               max_chars: int = 8192, validation_fraction: float = 0.1,
+               validation_files: Sequence[str] = ()):
     if not 0 < validation_fraction < 1:
       raise ConfigError(
           f"data.validation_fraction={validation_fraction} must be in (0, 1)"
       )
     self.files = tuple(files)
+    self.validation_files = tuple(validation_files)
     self.text_field = text_field
     self.max_chars = max_chars
     self.validation_fraction = validation_fraction
     digest = hashlib.sha256()
     for path in self.files:
-      stat = os.stat(path)
-      digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+      digest.update(_stat_key(path))
+    if self.validation_files:  # (absent: the digests of older versions)
+      digest.update(b"validation files\0")
+      for path in self.validation_files:
+        digest.update(_stat_key(path))
     digest.update(f"{text_field}\0{max_chars}\0{validation_fraction}".encode())
     super().__init__(name=digest.hexdigest()[:16],
                      description=f"{len(self.files)} local text file(s)")
+
+
+def _stat_key(path: str) -> bytes:
+  try:
+    stat = os.stat(path)
+  except OSError as e:
+    raise ConfigError(f"data.files: cannot read {path}: {e.strerror}") from e
+  return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
@@ -114,8 +174,17 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
-    docs = [d for path in cfg.files
-            for d in read_documents(path, cfg.text_field, cfg.max_chars)]
+    docs = self._documents(cfg.files)
+    if cfg.validation_files:
+      held_out = self._documents(cfg.validation_files)
+      if not docs or not held_out:
+        raise ConfigError(
+            f"data: {len(docs)} training and {len(held_out)} validation "
+            "documents; each split needs at least one")
+      return {
+          "train": self._generate_examples(docs),
+          "validation": self._generate_examples(held_out),
+      }
     if len(docs) < 2:
       raise ConfigError(
           "data.files: need at least 2 documents to hold one out for "
@@ -126,6 +195,11 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
         "train": self._generate_examples(docs[:-num_eval]),
         "validation": self._generate_examples(docs[-num_eval:]),
     }
+
+  def _documents(self, files: Sequence[str]) -> list[str]:
+    cfg = self.builder_config
+    return [d for path in files
+            for d in read_documents(path, cfg.text_field, cfg.max_chars)]
 
   def _generate_examples(self, docs: Sequence[str]):
     for i, doc in enumerate(docs):
@@ -145,6 +219,11 @@ def prepare_local_text(
       files=expand_files(files), text_field=text_field, max_chars=max_chars,
       validation_fraction=validation_fraction,
   )
+  return prepare(config, data_dir)
+
+
+def prepare(config: LocalTextConfig, data_dir: str | None) -> LocalText:
+  """Prepares (once) and returns the `LocalText` builder of `config`."""
   builder = LocalText(config=config, data_dir=data_dir,
                       file_format="array_record")
   if not builder.is_prepared():

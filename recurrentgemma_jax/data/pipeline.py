@@ -12,9 +12,12 @@ batch does not depend on the number of processes. The train iterator's state
 - "selective_copy", "induction_heads", "mqar": synthetic (`synthetic.py`);
   the other `data` fields are the task's keyword arguments.
 - "lm": language modelling on `data.source` = "tfds" (a TFDS dataset by
-  `data.name` in `data.data_dir`) or "text" (local `data.files`, see
-  `local_text.py`), tokenized by `data.tokenizer` ("bytes" or a
-  SentencePiece model path) and packed (`packing.py`).
+  `data.name` in `data.data_dir`), "text" (local `data.files`, see
+  `local_text.py`) or "python" (the Python standard library's source, on
+  every machine, see `code_corpus.py`), tokenized by `data.tokenizer`
+  ("bytes" or a SentencePiece model path) and packed (`packing.py`).
+  "text" and "python" are prepared once as TFDS datasets in
+  `data.data_dir` ("": `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.data import code_corpus
 from recurrentgemma_jax.data import local_text
 from recurrentgemma_jax.data import packing
 from recurrentgemma_jax.data import synthetic
@@ -37,7 +41,7 @@ from recurrentgemma_jax.data import tokenizers
 # The `data` fields of the "lm" task and their defaults.
 LM_DEFAULTS: dict[str, Any] = {
     "task": "lm",
-    "source": "tfds",  # tfds | text
+    "source": "tfds",  # tfds | text | python
     "name": "",  # TFDS dataset name (source=tfds)
     "data_dir": "",  # TFDS data folder; "" = TFDS default
     "files": "",  # comma-separated globs (source=text)
@@ -46,8 +50,12 @@ LM_DEFAULTS: dict[str, Any] = {
     "text_field": "text",  # TFDS feature / JSON key holding the text
     "tokenizer": "bytes",  # "bytes" or a SentencePiece model path
     "max_chars": 8192,  # source=text: characters per plain-text document
-    "validation_fraction": 0.1,  # source=text: held-out documents
+    "validation_fraction": 0.1,  # source=text: held-out documents (python:
+    # the expected fraction of held-out files)
+    "python_site_packages": False,  # source=python: also installed packages
+    "python_max_bytes": 0,  # source=python: > 0 caps the corpus's bytes
 }
+SOURCES = ("tfds", "text", "python")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +160,7 @@ def _lm_task(config, local: int, shard: slice, process_index: int) -> Task:
 def _lm_sources(data, process_index: int) -> tuple[Any, Any]:
   """Random-access train and eval sources of `{text_field: bytes}`."""
   data_dir = data.data_dir or None
-  if data.source == "text":
+  if data.source in ("text", "python"):
     if process_index == 0:
       builder = _prepare_text(data, data_dir)
     _barrier("local_text_prepared")
@@ -164,10 +172,16 @@ def _lm_sources(data, process_index: int) -> tuple[Any, Any]:
     builder = _tfds_builder(data.name, data_dir)
     return (_array_record_source(builder, data.train_split),
             _array_record_source(builder, data.eval_split))
-  raise ConfigError(f"data.source={data.source!r} is not one of tfds, text")
+  raise ConfigError(
+      f"data.source={data.source!r} is not one of {', '.join(SOURCES)}")
 
 
 def _prepare_text(data, data_dir):
+  if data.source == "python":
+    return code_corpus.prepare_python_corpus(
+        data_dir, site_packages=data.python_site_packages,
+        max_bytes=data.python_max_bytes, max_chars=data.max_chars,
+        validation_fraction=data.validation_fraction)
   return local_text.prepare_local_text(
       data.files, data_dir, text_field=data.text_field,
       max_chars=data.max_chars,

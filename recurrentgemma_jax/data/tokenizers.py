@@ -48,9 +48,17 @@ class SentencePieceTokenizer:
   def __init__(self, path: str):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
+    if os.path.isdir(path):
+      raise ConfigError(f"tokenizer: {path} is a folder; give the "
+                        "SentencePiece model file (e.g. tokenizer.model)")
     if not os.path.isfile(path):
       raise ConfigError(f"tokenizer: SentencePiece model not found: {path}")
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:  # its C++ parser's errors
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConfigError(f"tokenizer: {path} is not a SentencePiece model "
+                        f"({reason})") from None
     self.vocab_size = self._sp.get_piece_size()
     self.bos_id = self._sp.bos_id()
     self.eos_id = self._sp.eos_id()

@@ -31,7 +31,12 @@ class Embedder(nnx.Module):
     )
 
   def encode(self, tokens: jax.Array) -> jax.Array:
-    """`[B, T]` int tokens -> `[B, T, D]` embeddings."""
+    """`[B, T]` int tokens -> `[B, T, D]` embeddings.
+
+    Ids are not checked here (this runs under jit): an id >= V embeds as
+    NaN and a negative id wraps around (`Griffin.__call__` checks concrete
+    ids).
+    """
     x = P.cast(jnp.take(self.input_embedding[...], tokens, axis=0), self.dtype)
     if self.scale_by_sqrt_dim:
       # The released checkpoints were trained with sqrt(D) rounded to bf16

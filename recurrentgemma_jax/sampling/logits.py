@@ -9,9 +9,11 @@ needs a static size) and so is the choice between greedy and sampling.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Logit of a filtered-out token (finite, so a softmax of a row never sees
 # only -inf).
@@ -34,15 +36,19 @@ class SamplingParams:
   top_p: float | None = None
 
   def __post_init__(self):
-    if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not (_is_real(self.temperature) and math.isfinite(self.temperature)
+            and self.temperature >= 0):
+      raise ValueError(f"temperature must be a finite number >= 0 (0 is "
+                       f"greedy), got {self.temperature!r}")
     if self.top_k is not None and (
         isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
         or self.top_k < 1):
       raise ValueError(f"top_k must be a positive int or None, got "
                        f"{self.top_k!r}")
-    if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_p is not None and not (_is_real(self.top_p) and
+                                       0.0 < self.top_p <= 1.0):
+      raise ValueError(f"top_p must be a number in (0, 1] or None, got "
+                       f"{self.top_p!r}")
 
   @property
   def greedy(self) -> bool:
@@ -57,6 +63,12 @@ class SamplingParams:
     """The static part (what a compiled decode loop depends on)."""
     return SamplingMode(greedy=self.greedy, top_k=self.top_k,
                         top_p=self.use_top_p)
+
+
+def _is_real(x) -> bool:
+  """A real number (Python or NumPy), not a bool."""
+  return (isinstance(x, (int, float, np.integer, np.floating)) and
+          not isinstance(x, (bool, np.bool_)))
 
 
 @dataclasses.dataclass(frozen=True)

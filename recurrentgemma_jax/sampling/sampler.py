@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.model import Griffin
 from recurrentgemma_jax.sampling import decode as decode_lib
 from recurrentgemma_jax.sampling import stopping
@@ -117,6 +118,25 @@ def _attr(obj: Any, *names: str) -> int | None:
   return None
 
 
+def _is_int(x: Any) -> bool:
+  return (isinstance(x, (int, np.integer)) and
+          not isinstance(x, (bool, np.bool_)))
+
+
+def _is_id_row(p: Any) -> bool:
+  """Whether `p` is one prompt of token ids (not a batch of prompts)."""
+  if isinstance(p, np.ndarray):
+    return p.ndim == 1
+  return (isinstance(p, Sequence) and not isinstance(p, str) and len(p) > 0
+          and isinstance(p[0], (int, float, np.number)))
+
+
+def _check_count(name: str, value: Any) -> int:
+  if not _is_int(value) or value < 0:
+    raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+  return int(value)
+
+
 def _round_up(n: int, multiple: int) -> int:
   return max(multiple, multiple * math.ceil(n / multiple))
 
@@ -196,8 +216,13 @@ class Sampler:
       pad_id = self.tokenizer.pad_id if self.tokenizer else 0
       pad_id = 0 if pad_id is None or pad_id < 0 else pad_id
     self.pad_id = int(pad_id)
-    if sync_every < 1:
-      raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+    if not _is_int(sync_every) or sync_every < 1:
+      raise ValueError(f"sync_every must be an integer >= 1, got "
+                       f"{sync_every!r}")
+    if cache_length is not None and (not _is_int(cache_length) or
+                                     cache_length < 1):
+      raise ValueError(f"cache_length must be an integer >= 1 or None, got "
+                       f"{cache_length!r}")
     self.sync_every = sync_every
     self.max_chunk = _next_power_of_two(max_chunk)
     self.cache_length = cache_length
@@ -223,9 +248,7 @@ class Sampler:
              add_bos: bool | None = None) -> list[list[int]]:
     """Token ids of each prompt (strings are tokenized, with BOS if set)."""
     add_bos = self.add_bos if add_bos is None else add_bos
-    if isinstance(prompts, str) or (
-        isinstance(prompts, (Sequence, np.ndarray)) and len(prompts) and
-        isinstance(prompts[0], (int, np.integer))):
+    if isinstance(prompts, str) or _is_id_row(prompts):
       prompts = [prompts]
     rows = []
     for p in prompts:
@@ -236,16 +259,25 @@ class Sampler:
         bos = self.tokenizer.bos_id
         if add_bos and bos is not None and bos >= 0:
           ids = [bos] + ids
+        check_token_ids(ids, self.config.vocab_size, name="prompt")
       else:
-        ids = [int(t) for t in np.asarray(p).reshape(-1)]
-      for t in ids:
-        if not 0 <= t < self.config.vocab_size:
-          raise ValueError(f"token id {t} is outside the model's vocabulary "
-                           f"of {self.config.vocab_size}")
+        ids = self._id_row(p)
       rows.append(ids)
     if not rows:
       raise ValueError("no prompts given")
     return rows
+
+  def _id_row(self, p: Any, name: str = "prompt") -> list[int]:
+    """`p` as a list of ints; rejects floats (1.7 is not token 1)."""
+    ids = np.asarray(p)
+    if ids.ndim != 1:
+      raise ValueError(f"{name}: expected a flat list of token ids, got "
+                       f"shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"{name}: token ids must be integers, got "
+                       f"{p!r:.80}")
+    check_token_ids(ids, self.config.vocab_size, name=name)
+    return [int(t) for t in ids]
 
   def _decode_text(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(list(ids))
@@ -259,6 +291,10 @@ class Sampler:
     Rows are left-padded to a common length (a multiple of 32); the
     padding forms its own document, invisible to the prompt.
     """
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    rows = [self._id_row(r) for r in rows]
+    if not rows:
+      raise ValueError("no prompts given")
     if any(len(r) == 0 for r in rows):
       raise ValueError("every prompt needs at least one token (a fresh row "
                        "has nothing to continue from)")
@@ -275,6 +311,8 @@ class Sampler:
     if self._global_attention:
       cache_length = self.cache_length or _round_up(
           length + max(max_new_tokens, 1), 128)
+      self._check_cache(cache_length,
+                        np.array([len(r) for r in rows]) + max_new_tokens)
     return self._prefill(self.params, tokens, seg, cache_length=cache_length)
 
   def extend(self, state: DecodeState,
@@ -287,8 +325,9 @@ class Sampler:
     if len(rows) != state.batch_size:
       raise ValueError(f"{len(rows)} prompts for a state of "
                        f"{state.batch_size} rows")
+    rows = [self._id_row(r) for r in rows]
     lengths = np.array([len(r) for r in rows], np.int32)
-    self._check_room(state, int(lengths.max()))
+    self._check_room(state, lengths)
     common = int(lengths.min())
     done = 0
     while done < common:
@@ -305,16 +344,24 @@ class Sampler:
       state = self._extend_ragged(self.params, state, tail, rest)
     return state
 
-  def _check_room(self, state: DecodeState, more: int) -> None:
+  def _check_room(self, state: DecodeState, more: int | np.ndarray) -> None:
+    """Global attention: each row's document must fit in the cache after
+    `more` tokens (a ring buffer; the row's padding may be overwritten)."""
     if not self._global_attention:
       return
     sizes = [c.keys.shape[1] for c in state.cache.blocks
              if hasattr(c, "keys")]
-    need = int(np.max(np.asarray(state.num_tokens))) + more
-    if sizes and need > min(sizes):
+    if sizes:
+      self._check_cache(min(sizes), np.asarray(state.segment_pos) + more)
+
+  def _check_cache(self, size: int, need: np.ndarray) -> None:
+    """`need [B]`: tokens of each row's document that the cache must hold."""
+    need = int(np.max(need))
+    if need > size:
       raise ValueError(
-          f"global attention cache holds {min(sizes)} tokens; this call "
-          f"needs {need} (set Sampler(cache_length=...) larger)")
+          f"global attention cache holds {size} tokens; this call needs "
+          f"{need} (prompt and new tokens): set Sampler(cache_length=...) "
+          "to at least that, or leave it unset")
 
   # Generation ----------------------------------------------------------------
 
@@ -359,8 +406,7 @@ class Sampler:
       `SamplerOutput`.
     """
     sampling = SamplingParams(temperature, top_k, top_p)
-    if max_new_tokens < 0:
-      raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
     if state is None:
       rows = self.encode(prompts)
       start = self.prefill(rows, max_new_tokens)
@@ -437,9 +483,7 @@ class Sampler:
     if prompts is None or (isinstance(prompts, (list, tuple)) and
                            not prompts):
       return [[] for _ in range(batch_size)]
-    if isinstance(prompts, str) or (
-        isinstance(prompts, (Sequence, np.ndarray)) and len(prompts) and
-        isinstance(prompts[0], (int, np.integer))):
+    if isinstance(prompts, str) or _is_id_row(prompts):
       prompts = [prompts]
     rows = [[] if (not isinstance(p, str) and len(p) == 0) else
             self.encode([p], add_bos=False)[0] for p in prompts]
@@ -495,9 +539,12 @@ class Sampler:
     One jitted decode step per token (the host sees every token), with the
     same samples as `generate` for the same seed. A row ends at a stop token
     or when its text contains a stop string; the iterator ends when every
-    row has ended. After the loop, `self.last_state` holds the state.
+    row has ended. Text that could be the start of a stop string is held
+    back until it is known not to be one, so stop text never appears.
+    After the loop, `self.last_state` holds the state.
     """
     sampling = SamplingParams(temperature, top_k, top_p)
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
     if state is None:
       rows = self.encode(prompts)
       current = self.prefill(rows, max_new_tokens)
@@ -521,7 +568,8 @@ class Sampler:
       current = out.state
       token = np.asarray(out.tokens)[:, 0]
       active = np.asarray(out.lengths) > 0
-      stopped = np.asarray(out.stopped)
+      stopped = np.array(out.stopped)  # a copy: a text stop is set below
+      last = step == max_new_tokens - 1
       step_tokens, step_text = [], []
       for i in range(b):
         if not active[i]:
@@ -541,8 +589,10 @@ class Sampler:
           if cut is not None:
             text = text[:cut]
             stopped[i] = True
-          elif not stopped[i] and text.endswith("\ufffd"):
-            text = text[:-1]  # an incomplete multi-byte character
+          elif not (stopped[i] or last):  # more text may follow
+            if text.endswith("\ufffd"):
+              text = text[:-1]  # an incomplete multi-byte character
+            text = text[:stopping.shown_length(text, criteria.strings)]
           if len(text) > shown[i]:
             delta = text[shown[i]:]
             shown[i] = len(text)

@@ -148,6 +148,18 @@ def find_stop(text: str, strings: Sequence[str]) -> int | None:
   return best
 
 
+def shown_length(text: str, strings: Sequence[str]) -> int:
+  """How much of `text` (which holds no whole stop string) a stream may
+  show now: all but the longest tail that could begin a stop string."""
+  hold = 0
+  for s in strings:
+    for k in range(min(len(s) - 1, len(text)), hold, -1):
+      if text.endswith(s[:k]):
+        hold = k
+        break
+  return len(text) - hold
+
+
 def tokens_before(
     tokens: Sequence[int],
     cut: int,

@@ -73,16 +73,60 @@ def _one_line(text: str) -> str:
   return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
+# absl's help flags print the usage, then exit with status 1.
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull",
+               "--helpxml")
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+  """The message for a `--config` file that does not exist, or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    else:
+      continue
+    path = path.split(":", 1)[0]
+    if path and not os.path.exists(path):
+      return f"--config: config file {path} not found"
+  return None
+
+
+def _config_file_error(argv: list[str]) -> str | None:
+  """Why `--config`'s file failed to load, or None.
+
+  ml_collections keeps that error until the config is first used (the flag
+  then holds a placeholder that raises on any access).
+  """
+  value = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  if type(value).__name__ != "_ErrorConfig":
+    return None
+  return _missing_config_file(argv) or (
+      f"--config: cannot load the config file: "
+      f"{_one_line(str(vars(value).get('_error')))}")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that reports any bad flag or config in one line.
 
   Loading the config file and applying `--config.<field>` overrides happen
-  here; absl itself only catches its own error types.
+  here; absl itself only catches its own error types. `--help` exits with
+  status 0.
   """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    message = _config_file_error(argv)
+    if message is None:
+      return rest
+  except SystemExit as e:
+    if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     message = _one_line(str(e))
+  except OSError as e:  # a `--config.<field>` override of a missing file
+    message = _missing_config_file(argv) or _one_line(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: no such field
     text = str(e.args[0] if e.args else e)
     name = re.search(r"\w+", text)

@@ -13,6 +13,9 @@ Common fields (same names in every experiment):
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -296,28 +299,125 @@ def _check_against(got, schema, prefix: str) -> None:
       )
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The allowed values of a numeric config field: finite, within
+  `[low, high]` (an `open_*` end excludes its bound), or one of `also`."""
+
+  low: float | None = None
+  high: float | None = None
+  open_low: bool = False
+  open_high: bool = False
+  also: tuple[float, ...] = ()
+
+  def allows(self, value: float) -> bool:
+    if value in self.also:
+      return True
+    if not math.isfinite(value):
+      return False
+    if self.low is not None and (value < self.low or
+                                 (self.open_low and value == self.low)):
+      return False
+    return self.high is None or not (value > self.high or (
+        self.open_high and value == self.high))
+
+  def describe(self, integer: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    if self.low is not None and self.high is not None:
+      text = (f"{kind} in {'(' if self.open_low else '['}{self.low:g}, "
+              f"{self.high:g}{')' if self.open_high else ']'}")
+    elif self.low is not None:
+      text = f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
+    elif self.high is not None:
+      text = f"{kind} {'<' if self.open_high else '<='} {self.high:g}"
+    else:
+      text = kind
+    return text + "".join(f" or {a:g}" for a in self.also)
+
+
+# Every numeric field of `base_config()` and what it may hold (None where
+# the schema's default is a placeholder: unset). Relations between fields
+# are checked in `_check_relations`; the model's own constraints (num_heads
+# divides width, ...) by `GriffinConfig`.
+RANGES: dict[str, Range] = {
+    "total_steps": Range(1),
+    "batch_size": Range(1),
+    "seq_len": Range(1),
+    "learning_rate": Range(0, open_low=True),
+    "warmup_steps": Range(0),  # <= total_steps
+    "min_lr_ratio": Range(0, 1),
+    "grad_accum_steps": Range(1),
+    "eval_every": Range(1),
+    "eval_batches": Range(0),  # 0: no evaluation
+    "checkpoint_every": Range(1),
+    "keep_checkpoints": Range(1),
+    "log_every": Range(1),
+    "seed": Range(0),
+    "peak_tflops": Range(0, open_low=True),
+    "optimizer.b1": Range(0, 1, open_high=True),
+    "optimizer.b2": Range(0, 1, open_high=True),
+    "optimizer.eps": Range(0, open_low=True),
+    "optimizer.weight_decay": Range(0),
+    "optimizer.grad_clip": Range(0),  # 0 disables clipping
+    "loss.z_loss": Range(0),
+    "model.depth": Range(1),
+    "model.vocab_size": Range(1),
+    "model.width": Range(1),
+    "model.mlp_expanded_width": Range(1),
+    "model.num_heads": Range(1),
+    "model.lru_width": Range(1),
+    "model.lru_num_heads": Range(1),
+    "model.attention_window_size": Range(0),  # 0: global attention
+    "model.logits_soft_cap": Range(0),  # 0: no soft cap
+    "model.conv1d_temporal_width": Range(1),
+    "mesh.data": Range(1, also=(-1,)),  # -1: the remaining devices
+    "mesh.fsdp": Range(1, also=(-1,)),
+    "mesh.tensor": Range(1, also=(-1,)),
+    "mesh.sequence": Range(1, also=(-1,)),
+}
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _get(c: ml_collections.ConfigDict, name: str) -> Any:
+  for part in name.split("."):
+    c = c[part]
+  return c
+
+
 def _check_ranges(c: ml_collections.ConfigDict) -> None:
-  for name in ("total_steps", "batch_size", "seq_len", "eval_every",
-               "checkpoint_every", "keep_checkpoints", "log_every",
-               "grad_accum_steps"):
-    if c[name] < 1:
-      raise ConfigError(f"config field {name}={c[name]} must be >= 1")
-  for name in ("warmup_steps", "eval_batches"):
-    if c[name] < 0:
-      raise ConfigError(f"config field {name}={c[name]} must be >= 0")
-  if c.learning_rate <= 0:
-    raise ConfigError(f"learning_rate={c.learning_rate} must be > 0")
-  if c.lr_schedule not in ("cosine", "linear", "constant"):
-    raise ConfigError(
-        f"lr_schedule={c.lr_schedule!r} is not one of cosine, linear, constant"
-    )
+  schema = base_config()
+  for name, allowed in RANGES.items():
+    value = _get(c, name)
+    if value is None:
+      continue
+    if not allowed.allows(value):
+      section, _, key = name.rpartition(".")
+      integer = (_get(schema, section) if section else schema).get_type(
+          key) is int
+      raise ConfigError(f"config field {name}={value!r} must be "
+                        f"{allowed.describe(integer)}")
+  _check_relations(c)
+
+
+def _check_relations(c: ml_collections.ConfigDict) -> None:
+  if c.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError(f"config field lr_schedule={c.lr_schedule!r} is not "
+                      f"one of {', '.join(LR_SCHEDULES)}")
   if c.warmup_steps > c.total_steps:
     raise ConfigError(
-        f"warmup_steps={c.warmup_steps} exceeds total_steps={c.total_steps}"
-    )
-  if c.profile_steps and (len(c.profile_steps) != 2 or
-                          not 1 <= c.profile_steps[0] <= c.profile_steps[1]):
-    raise ConfigError(
-        f"profile_steps={tuple(c.profile_steps)} must be (first, last) with "
-        "1 <= first <= last"
-    )
+        f"config field warmup_steps={c.warmup_steps} exceeds "
+        f"total_steps={c.total_steps}")
+  if c.profile_steps:
+    steps = tuple(c.profile_steps)
+    if not (len(steps) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in steps) and
+            1 <= steps[0] <= steps[1] <= c.total_steps):
+      raise ConfigError(
+          f"config field profile_steps={steps} must be () or (first, last) "
+          f"with 1 <= first <= last <= total_steps={c.total_steps}")
+  try:
+    re.compile(c.optimizer.no_decay)
+  except re.error as e:
+    raise ConfigError(f"config field optimizer.no_decay="
+                      f"{c.optimizer.no_decay!r} is not a regex: {e}") from e

@@ -10,8 +10,17 @@ the paper's per-token loss plots).
     result = length_eval.evaluate_lengths(config, workdir, (1, 2, 4, 8),
                                           per_position=True)
 
-The result is also written atomically to `WORKDIR/length_eval.json`:
-  {"step": int, "train_seq_len": T, "lengths": [
+The result is also written atomically to a file in WORKDIR named by its
+settings, `length_eval_step<N>_x<1-2-4-8>_n<examples>[_positions].json`
+(`default_result_file`), so that evaluations with other settings never
+replace one another; `result_file=` names the file instead (reproduce.py
+writes `length_eval.json`, which its report reads). A named file that holds
+a result for other multipliers, examples or per_position is not replaced
+(ConfigError, before anything is built); one for the same settings is (a
+newer checkpoint, say):
+  {"step": int, "train_seq_len": T,
+   "settings": {"multipliers": [...], "examples": n, "per_position": bool},
+   "lengths": [
      {"multiplier": m, "seq_len": m*T, "batch_size": b, "examples": n,
       "tokens": scored tokens, "loss": nats/token, "accuracy": float,
       "per_position_loss": [mean loss at document position p, ...]?,
@@ -41,7 +50,35 @@ from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import loop
 from recurrentgemma_jax.training import metrics as metrics_lib
 
-RESULT_FILE = "length_eval.json"
+RESULT_FILE = "length_eval.json"  # reproduce.py's (result_file=)
+
+
+def default_result_file(step: int, multipliers: Sequence[int], examples: int,
+                        per_position: bool) -> str:
+  """The file name of a result with these settings (module docstring)."""
+  name = (f"length_eval_step{step}_x{'-'.join(map(str, multipliers))}"
+          f"_n{examples}")
+  return name + ("_positions" if per_position else "") + ".json"
+
+
+def _check_result_file(workdir: str, result_file: str,
+                       settings: dict[str, Any]) -> None:
+  """Refuses to replace a result of other settings (module docstring)."""
+  if not result_file or os.path.basename(result_file) != result_file:
+    raise ConfigError(f"result file {result_file!r}: give a file name (it is "
+                      "written in the workdir)")
+  path = epath.Path(workdir) / result_file
+  try:
+    old = json.loads(path.read_text())
+  except (OSError, ValueError):  # none yet (or unreadable: rewritten)
+    return
+  recorded = old.get("settings") if isinstance(old, dict) else None
+  if recorded is not None and recorded != settings:
+    raise ConfigError(
+        f"{path} holds a length evaluation with other settings ({recorded}, "
+        f"not {settings}); choose another file (evaluate "
+        "--length_eval_file=NAME, or leave it out for a file named by the "
+        "settings) or delete it")
 
 
 def _token_losses(graphdef: nnx.GraphDef):
@@ -86,6 +123,7 @@ def evaluate_lengths(
     step: int | None = None,
     examples: int = 256,
     per_position: bool = False,
+    result_file: str | None = None,
 ) -> dict[str, Any]:
   """Scores a checkpoint of `workdir` at `multipliers` x the training length.
 
@@ -97,13 +135,15 @@ def evaluate_lengths(
     examples: sequences scored per length (fewer when the eval split is
       smaller, as for a held-out text split at long lengths).
     per_position: also average the loss per position within a document.
+    result_file: the file in `workdir` to write; default
+      `default_result_file(...)`, named by the settings.
 
   Returns:
-    The dict written to `WORKDIR/length_eval.json` (module docstring).
+    The dict written to the result file (module docstring).
 
   Raises:
-    ConfigError: bad multipliers or no complete checkpoint, before any
-      compilation.
+    ConfigError: bad multipliers, no complete checkpoint, or a named result
+      file holding other settings, before any compilation.
   """
   multipliers = list(multipliers)
   bad = [m for m in multipliers
@@ -115,6 +155,10 @@ def evaluate_lengths(
   multipliers = [int(m) for m in multipliers]
   if examples < 1:
     raise ConfigError(f"examples={examples} must be >= 1")
+  settings = {"multipliers": multipliers, "examples": int(examples),
+              "per_position": bool(per_position)}
+  if result_file is not None:
+    _check_result_file(workdir, result_file, settings)
   exp = loop.setup(config, workdir)
   try:
     step = exp.checkpointer.latest_step() if step is None else step
@@ -146,9 +190,13 @@ def evaluate_lengths(
         f"({time.perf_counter() - start:.1f}s)", enabled=exp.is_main)
     rows.append(row)
   result = {"step": int(step), "train_seq_len": exp.config.seq_len,
-            "lengths": rows}
+            "settings": settings, "lengths": rows}
   if exp.is_main:
-    write_json_atomic(os.path.join(exp.workdir, RESULT_FILE), result)
+    name = result_file or default_result_file(step, multipliers, examples,
+                                              per_position)
+    path = os.path.join(exp.workdir, name)
+    write_json_atomic(path, result)
+    metrics_lib.log(f"wrote {path}")
   return result
 
 

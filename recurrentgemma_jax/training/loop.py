@@ -9,6 +9,22 @@
 resumes from the newest complete checkpoint in `WORKDIR/checkpoints` or
 initialises, and runs `total_steps` optimizer steps with periodic logging,
 evaluation and asynchronous checkpoints.
+
+One workdir, one trainer, one config. `train` first locks the workdir
+(`workdir.WorkdirLock`; with several processes, process 0 holds it) and,
+before writing anything, refuses (`WorkdirError`, one line;
+`resume.inspect`):
+- another trainer on the workdir (named by host, pid and start time);
+- a config that differs from the run's `config.json` outside the fields
+  that may change on resume (`resume.RESUME_SAFE`; those are printed as
+  `changed on resume: ...` and kept in `config_history.jsonl`);
+- `total_steps` below the newest checkpoint's step;
+- step folders it cannot use (no commit marker), or only damaged ones: it
+  never starts over on top of checkpoints.
+A damaged newest checkpoint is moved to `WORKDIR/damaged_checkpoints/` and
+the run resumes from the newest one that restores. A finished run is
+reported, not retrained. SIGTERM and SIGINT save and stop. `evaluate` only
+reads checkpoints (it appends its scalars to metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import checkpointing
@@ -38,8 +55,11 @@ from recurrentgemma_jax.training import flops as flops_lib
 from recurrentgemma_jax.training import loss as loss_lib
 from recurrentgemma_jax.training import metrics as metrics_lib
 from recurrentgemma_jax.training import optimizer as optimizer_lib
+from recurrentgemma_jax.training import resume as resume_lib
 from recurrentgemma_jax.training import state as state_lib
 from recurrentgemma_jax.training import step as step_lib
+from recurrentgemma_jax.training import workdir as workdir_lib
+from recurrentgemma_jax.training.workdir import WorkdirError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,10 +103,15 @@ class Experiment:
     return jax.process_index() == 0
 
 
-def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` (local or e.g. `gs://`) and checks it is writable."""
+def _normalize(workdir: str) -> str:
   if "://" not in workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
+  return workdir
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` (local or e.g. `gs://`) and checks it is writable."""
+  workdir = _normalize(workdir)
   path = epath.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
@@ -137,14 +162,30 @@ def _load_init_params(config) -> tuple[GriffinConfig, Any]:
   return loaded.config, params
 
 
-def setup(config: Any, workdir: str) -> Experiment:
+def _check_eval_data(config, task: pipeline.Task) -> None:
+  """An eval split too small for one batch fails here, not after training."""
+  if config.eval_batches == 0:
+    return
+  first = next(iter(task.eval()), None)
+  if first is None or not np.any(first["mask"]):
+    raise ConfigError(
+        "evaluation data is empty: the eval split holds less than one batch "
+        f"of {config.batch_size} x {config.seq_len} tokens; lower "
+        "batch_size or set eval_batches=0 (no evaluation)")
+
+
+def setup(config: Any, workdir: str, *, read_only: bool = False
+          ) -> Experiment:
   """Validates `config` and builds mesh, data, model spec and optimizer.
+
+  With `read_only`, the workdir is neither created nor written to, and its
+  checkpoints can only be read (`evaluate`).
 
   Raises:
     ConfigError: with a one-line message naming the problem.
   """
   config = config_lib.validate(config)
-  workdir = prepare_workdir(workdir)
+  workdir = _normalize(workdir) if read_only else prepare_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
   rows = dp * config.grad_accum_steps
@@ -171,6 +212,7 @@ def setup(config: Any, workdir: str) -> Experiment:
         f"the data's vocabulary ({task.vocab_size} ids) is larger than the "
         f"model's vocab_size={model_config.vocab_size}"
     )
+  _check_eval_data(config, task)
   tx = optimizer_lib.make_optimizer(config)
   spec = state_lib.state_spec(model_config, tx, mesh)
   return Experiment(
@@ -184,13 +226,23 @@ def setup(config: Any, workdir: str) -> Experiment:
       spec=spec,
       checkpointer=checkpointing.Checkpointer(
           str(epath.Path(workdir) / "checkpoints"),
-          keep=config.keep_checkpoints),
+          keep=config.keep_checkpoints, read_only=read_only),
       batch_sharding=sharding.batch_sharding(mesh),
       init_params=init_params,
   )
 
 
-def _global_batch(local: dict[str, np.ndarray], sharding_: NamedSharding):
+def _global_batch(local: dict[str, np.ndarray], sharding_: NamedSharding,
+                  vocab_size: int):
+  """This process's rows of a batch -> global arrays, after checking its
+  token ids: inside the jitted step an id outside the vocabulary would
+  silently embed as NaN or wrap around."""
+  for key in ("inputs", "targets"):
+    try:
+      check_token_ids(local[key], vocab_size, name=f"data batch {key!r}")
+    except ValueError as e:
+      raise ConfigError(f"{e}: the data does not fit the model's "
+                        f"vocabulary") from None
   return {k: jax.make_array_from_process_local_data(sharding_, v)
           for k, v in local.items()}
 
@@ -199,7 +251,8 @@ def _evaluate(exp: Experiment, eval_step, params) -> dict[str, float]:
   """Summed statistics over `eval_batches` batches -> eval/* scalars."""
   totals = None
   for local in itertools.islice(exp.task.eval(), exp.config.eval_batches):
-    stats = eval_step(params, _global_batch(local, exp.batch_sharding))
+    stats = eval_step(params, _global_batch(
+        local, exp.batch_sharding, exp.model_config.vocab_size))
     totals = stats if totals is None else jax.tree.map(np.add, totals, stats)
     totals = jax.device_get(totals)
   if totals is None or float(totals["tokens"]) == 0:
@@ -279,28 +332,42 @@ class _Profiler:
       self.active = False
 
 
-def _restore_or_init(exp: Experiment, train_iter):
-  """(state, first step to run): resume from the newest complete
-  checkpoint (data position included) or initialise."""
-  latest = exp.checkpointer.latest_step()
-  if latest is not None:
-    writers = exp.checkpointer.data_process_count(latest)
-    same = writers == jax.process_count()
-    state = exp.checkpointer.restore(latest, exp.spec.abstract,
-                                     train_iter if same else None)
-    if not same:
-      # Iterator states are per process: with another process count, skip
-      # the `latest` batches (one per step) every process has consumed.
-      metrics_lib.log(
-          f"checkpoint {latest} was written by {writers} processes, this run"
-          f" has {jax.process_count()}: skipping {latest} batches of data",
-          enabled=exp.is_main)
-      for _ in range(latest):
-        next(train_iter)
-    return state, latest
-  state = state_lib.init_train_state(exp.spec, exp.tx, exp.config.seed,
-                                     exp.init_params)
-  return state, 0
+def _restore_or_init(exp: Experiment, train_iter, steps: list[int]):
+  """(state, first step to run): resume from the newest of `steps` that
+  restores (data position included), or initialise when there are none."""
+  state, step = resume_lib.restore_newest(
+      exp.checkpointer, exp.spec.abstract, train_iter, steps,
+      main=exp.is_main)
+  if state is None:
+    state = state_lib.init_train_state(exp.spec, exp.tx, exp.config.seed,
+                                       exp.init_params)
+  return state, step
+
+
+def _files_line(exp: Experiment) -> str:
+  return (f"files: {exp.workdir}/{{checkpoints, metrics.jsonl, tensorboard, "
+          f"{resume_lib.CONFIG_FILE}}}")
+
+
+def _finished(exp: Experiment, step: int) -> TrainResult:
+  """Reports a run that already reached `total_steps` (no training).
+
+  Evaluates the final checkpoint only when its evaluation is missing (the
+  run was stopped between saving and evaluating it).
+  """
+  records = metrics_lib.read_records(exp.workdir)
+  evaluated = any(r["step"] == step and "eval/loss" in r for r in records)
+  if exp.config.eval_batches and not evaluated:
+    scalars = _evaluate_checkpoint(exp, step)
+    records = metrics_lib.read_records(exp.workdir) or [
+        {"step": step, **scalars}]
+  metrics_lib.log(
+      "the run is already complete: "
+      + metrics_lib.summary(records, step, exp.config.total_steps),
+      enabled=exp.is_main)
+  metrics_lib.log(_files_line(exp), enabled=exp.is_main)
+  return TrainResult(step=step, preempted=False,
+                     metrics=metrics_lib.final_scalars(records, step))
 
 
 def train(config: Any, workdir: str) -> TrainResult:
@@ -316,32 +383,98 @@ def train(config: Any, workdir: str) -> TrainResult:
     A `TrainResult`.
 
   Raises:
-    ConfigError: bad config, data, mesh or workdir (before compilation).
+    ConfigError: bad config, data, mesh or workdir (before compilation);
+      `WorkdirError` (a subclass) when the workdir is locked, holds another
+      run or unusable checkpoints, or a save fails (e.g. a full disk).
     NonFiniteLossError: the loss became NaN / inf; checkpoints written
       before that step are kept and none is written after it.
   """
-  exp = setup(config, workdir)
+  config = config_lib.validate(config)
+  workdir = prepare_workdir(workdir)
+  with workdir_lib.hold(workdir) as note:  # before loading data or weights
+    if note:
+      metrics_lib.log(note, enabled=jax.process_index() == 0)
+    return _train_locked(setup(config, workdir))
+
+
+def _train_locked(exp: Experiment) -> TrainResult:
   config = exp.config
   main = exp.is_main
+  session_start = time.perf_counter()
+  found = resume_lib.inspect(exp.workdir, exp.checkpointer,
+                             exp.spec.abstract, exp.config)
+  if found.latest == config.total_steps:
+    return _finished(exp, found.latest)
+  what = ("changed on resume" if found.latest is not None else
+          "changed since the last start (no checkpoint yet)")
+  for name, (old, new) in found.changes.items():
+    metrics_lib.log(f"{what}: {resume_lib.format_changes({name: (old, new)})}",
+                    enabled=main)
   if main:
-    (epath.Path(exp.workdir) / "config.json").write_text(
-        config.to_json_best_effort(indent=2))
-  train_iter = iter(exp.task.train())
-  state, start = _restore_or_init(exp, train_iter)
-  n_params = state_lib.num_params(exp.spec)
-  flops_per_token = flops_lib.train_flops_per_token(exp.model_config,
-                                                    config.seq_len)
-  tokens_per_step = config.batch_size * config.seq_len
-  peak = (config.peak_tflops * 1e12 if config.peak_tflops
-          else flops_lib.peak_flops_per_device())
-  metrics_lib.log(
-      f"{exp.task.name}: {n_params / 1e6:.2f}M parameters, "
-      f"{flops_per_token / 1e6:.1f} MFLOP/token, mesh "
-      f"{dict(exp.mesh.shape)}, "
-      + (f"resuming from step {start}" if start else "starting at step 0"),
-      enabled=main,
-  )
-  writer = metrics_lib.MetricWriter(exp.workdir, enabled=main)
+    try:
+      resume_lib.record(exp.workdir, config, found.changes,
+                        found.latest or 0)
+    except OSError as e:
+      raise WorkdirError(
+          f"cannot write {resume_lib.CONFIG_FILE} in {exp.workdir}: {e} "
+          f"({workdir_lib.describe_storage(exp.workdir)})") from e
+  if found.unfinished:
+    metrics_lib.log(
+        f"removing {len(found.unfinished)} unfinished checkpoint save(s) of "
+        f"an interrupted run: {', '.join(found.unfinished)}", enabled=main)
+  restore_signal = exp.checkpointer.catch_sigterm()
+  writer = None
+  try:
+    train_iter = iter(exp.task.train())
+    state, start = _restore_or_init(exp, train_iter, found.steps)
+    n_params = state_lib.num_params(exp.spec)
+    flops_per_token = flops_lib.train_flops_per_token(exp.model_config,
+                                                      config.seq_len)
+    tokens_per_step = config.batch_size * config.seq_len
+    peak = (config.peak_tflops * 1e12 if config.peak_tflops
+            else flops_lib.peak_flops_per_device())
+    metrics_lib.log(
+        f"{exp.task.name}: {n_params / 1e6:.2f}M parameters, "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token, mesh "
+        f"{dict(exp.mesh.shape)}, "
+        + (f"resuming from step {start}" if start else "starting at step 0")
+        + f" of {config.total_steps} in {exp.workdir}",
+        enabled=main,
+    )
+    writer = metrics_lib.MetricWriter(exp.workdir, enabled=main)
+    result = _run(exp, state, start, train_iter, writer, flops_per_token,
+                  tokens_per_step, peak)
+  finally:
+    restore_signal()
+    try:
+      exp.checkpointer.wait()
+    finally:
+      exp.checkpointer.close()
+      if writer is not None:
+        writer.close()
+  if result.preempted:
+    how = ("interrupted" if exp.checkpointer.stop_signal == "SIGINT"
+           else "preempted")
+    metrics_lib.log(
+        f"{how}: saved step {result.step}; run the same command (same "
+        "workdir and config) again to resume from it", enabled=main)
+  else:
+    metrics_lib.log(
+        f"done: {result.step - start} steps in "
+        f"{metrics_lib.format_duration(time.perf_counter() - session_start)}"
+        " | " + metrics_lib.summary(metrics_lib.read_records(exp.workdir),
+                                    result.step, config.total_steps),
+        enabled=main)
+    metrics_lib.log(_files_line(exp), enabled=main)
+  return result
+
+
+def _run(exp: Experiment, state, start: int, train_iter, writer,
+         flops_per_token: float, tokens_per_step: int,
+         peak: float | None) -> TrainResult:
+  """The training steps `start + 1 .. total_steps` (or until stopped)."""
+  config = exp.config
+  main = exp.is_main
   throughput = metrics_lib.Throughput(
       config.total_steps, tokens_per_step, flops_per_token * tokens_per_step,
       peak * exp.mesh.size if peak else None,
@@ -349,7 +482,6 @@ def train(config: Any, workdir: str) -> TrainResult:
   train_step, eval_step = _jit_steps(exp)
   profiler = _Profiler(config.profile_steps,
                        str(epath.Path(exp.workdir) / "profile"))
-  restore_signal = exp.checkpointer.catch_sigterm()
   pending: list[tuple[int, dict]] = []
   last: dict[str, float] = {}
   preempted = False
@@ -380,50 +512,42 @@ def train(config: Any, workdir: str) -> TrainResult:
                                               scalars), enabled=main)
     last = scalars
 
-  try:
-    compile_start = time.perf_counter()
-    for step in range(start + 1, config.total_steps + 1):
-      profiler.before(step)
-      batch = _global_batch(next(train_iter), exp.batch_sharding)
-      state, step_metrics = train_step(state, batch)
-      pending.append((step, step_metrics))
-      if step == start + 1:
-        jax.block_until_ready(step_metrics)
-        metrics_lib.log(
-            f"compiled and ran the first step in "
-            f"{time.perf_counter() - compile_start:.1f}s", enabled=main)
-        throughput.resume()
-      else:
-        throughput.step()
-      profiler.after(step, state)
-      preempted = exp.checkpointer.should_stop(step)
-      final = step == config.total_steps
-      save = preempted or final or step % config.checkpoint_every == 0
-      evaluate_now = final or step % config.eval_every == 0
-      if save or evaluate_now or step % config.log_every == 0:
-        flush()  # before saving: a non-finite loss is never checkpointed
-      if evaluate_now:
-        scalars = _evaluate(exp, eval_step, state["params"])
-        writer.write(step, scalars)
-        metrics_lib.log(
-            f"eval at step {step}: loss {scalars['eval/loss']:.4f}, "
-            f"accuracy {scalars['eval/accuracy']:.4f}", enabled=main)
-        last = {**last, **scalars}
-      if save:
-        exp.checkpointer.save(step, state, train_iter)
-      if evaluate_now or save:
-        throughput.resume()  # keep eval and saving out of tokens/s
-      if preempted:
-        metrics_lib.log(f"preempted: saved step {step}; run again to "
-                        "resume", enabled=main)
-        break
-    if start >= config.total_steps:
-      last = _evaluate(exp, eval_step, state["params"])
-  finally:
-    restore_signal()
-    exp.checkpointer.wait()
-    exp.checkpointer.close()
-    writer.close()
+  compile_start = time.perf_counter()
+  for step in range(start + 1, config.total_steps + 1):
+    profiler.before(step)
+    batch = _global_batch(next(train_iter), exp.batch_sharding,
+                          exp.model_config.vocab_size)
+    state, step_metrics = train_step(state, batch)
+    pending.append((step, step_metrics))
+    if step == start + 1:
+      jax.block_until_ready(step_metrics)
+      metrics_lib.log(
+          f"compiled and ran the first step in "
+          f"{time.perf_counter() - compile_start:.1f}s", enabled=main)
+      throughput.resume()
+    else:
+      throughput.step()
+    profiler.after(step, state)
+    preempted = exp.checkpointer.should_stop(step)
+    final = step == config.total_steps
+    save = preempted or final or step % config.checkpoint_every == 0
+    evaluate_now = config.eval_batches > 0 and (
+        final or step % config.eval_every == 0)
+    if save or evaluate_now or step % config.log_every == 0:
+      flush()  # before saving: a non-finite loss is never checkpointed
+    if save:  # before evaluating: a failing evaluation costs no training
+      exp.checkpointer.save(step, state, train_iter)
+    if evaluate_now:
+      scalars = _evaluate(exp, eval_step, state["params"])
+      writer.write(step, scalars)
+      metrics_lib.log(
+          f"eval at step {step}: loss {scalars['eval/loss']:.4f}, "
+          f"accuracy {scalars['eval/accuracy']:.4f}", enabled=main)
+      last = {**last, **scalars}
+    if evaluate_now or save:
+      throughput.resume()  # keep eval and saving out of tokens/s
+    if preempted:
+      break
   return TrainResult(step=max(step, start), preempted=preempted,
                      metrics=last)
 
@@ -432,23 +556,37 @@ def evaluate(config: Any, workdir: str, step: int | None = None
              ) -> dict[str, float]:
   """Evaluates a checkpoint of `workdir` (the newest complete by default).
 
-  Writes the scalars to metrics.jsonl / TensorBoard as `eval/*` at that
+  Only reads the checkpoints (a trainer may be running on the workdir);
+  writes the scalars to metrics.jsonl / TensorBoard as `eval/*` at that
   step and returns them.
   """
-  exp = setup(config, workdir)
-  step = exp.checkpointer.latest_step() if step is None else step
-  if step is None or step not in exp.checkpointer.complete_steps():
+  exp = setup(config, workdir, read_only=True)
+  if exp.config.eval_batches == 0:
+    raise ConfigError("eval_batches=0 means no evaluation: set eval_batches "
+                      ">= 1 (e.g. --config.eval_batches=4)")
+  steps = exp.checkpointer.complete_steps()
+  step = (steps[-1] if steps else None) if step is None else step
+  if step is None or step not in steps:
     where = "" if step is None else f" at step {step}"
     raise ConfigError(f"no complete checkpoint{where} in "
                       f"{exp.checkpointer.directory}")
+  problem = exp.checkpointer.problem(step, exp.spec.abstract)
+  if problem:
+    raise WorkdirError(f"checkpoint step {step} in "
+                       f"{exp.checkpointer.directory} is damaged: {problem}")
+  return {"step": step, **_evaluate_checkpoint(exp, step)}
+
+
+def _evaluate_checkpoint(exp: Experiment, step: int) -> dict[str, float]:
+  """Evaluates checkpoint `step` and appends its eval/* scalars to the
+  workdir's metrics."""
   state = exp.checkpointer.restore(step, exp.spec.abstract)
   _, eval_step = _jit_steps(exp)
   scalars = _evaluate(exp, eval_step, state["params"])
   writer = metrics_lib.MetricWriter(exp.workdir, enabled=exp.is_main)
   writer.write(step, scalars)
   writer.close()
-  exp.checkpointer.close()
-  return {"step": step, **scalars}
+  return scalars
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:

@@ -3,7 +3,10 @@
 Only process 0 writes. Each line of `WORKDIR/metrics.jsonl` is one JSON
 object `{"step": int, "<split>/<name>": float, ...}` (e.g. `train/loss`,
 `eval/accuracy`); a resumed run appends, so a step may appear twice (the
-later line wins). `plot.py` reads this file.
+later line wins), and starts on a fresh line after a torn last line (a
+killed writer). `plot.py` reads this file; `read_records` skips torn lines.
+
+Log lines (`log`) end with the wall-clock time.
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ import time
 from collections.abc import Mapping
 
 from etils import epath
+
+from recurrentgemma_jax.training.workdir import WorkdirError
+from recurrentgemma_jax.training.workdir import describe_storage
+from recurrentgemma_jax.training.workdir import disk_full
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
@@ -27,10 +36,14 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    self._path = epath.Path(workdir) / "metrics.jsonl"
+    self._path = epath.Path(workdir) / METRICS_FILE
     self._remote = "://" in str(workdir)
     self._lines = (self._path.read_text().splitlines(keepends=True)
                    if self._remote and self._path.exists() else [])
+    if self._lines and not self._lines[-1].endswith("\n"):
+      self._lines[-1] += "\n"
+    # A torn last line (a writer killed mid-line) is ended before appending.
+    self._newline = not self._remote and _ends_torn(self._path)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
@@ -41,12 +54,20 @@ class MetricWriter:
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in scalars.items()})
     line = json.dumps(record) + "\n"
-    if self._remote:
-      self._lines.append(line)
-      self._path.write_text("".join(self._lines))
-    else:
-      with open(self._path, "a", encoding="utf-8") as f:
-        f.write(line)
+    try:
+      if self._remote:
+        self._lines.append(line)
+        self._path.write_text("".join(self._lines))
+      else:
+        with open(self._path, "a", encoding="utf-8") as f:
+          f.write(("\n" if self._newline else "") + line)
+        self._newline = False
+    except OSError as e:
+      if not disk_full(e):
+        raise
+      raise WorkdirError(
+          f"cannot write {self._path} at step {step}: no space left on "
+          f"device ({describe_storage(str(self._path))})") from e
     for name, value in scalars.items():
       self._tb.add_scalar(name, float(value), int(step))
     self._tb.flush()
@@ -54,6 +75,73 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
+
+
+def _ends_torn(path: epath.Path) -> bool:
+  try:
+    with open(path, "rb") as f:
+      f.seek(0, 2)
+      if f.tell() == 0:
+        return False
+      f.seek(-1, 2)
+      return f.read(1) != b"\n"
+  except FileNotFoundError:
+    return False
+
+
+def read_records(workdir: str) -> list[dict]:
+  """The records of `workdir/metrics.jsonl` in file order (torn or
+  unreadable lines skipped; none when there is no file)."""
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+      out.append(record)
+  return out
+
+
+def final_scalars(records: list[dict], step: int) -> dict[str, float]:
+  """The newest value of every scalar logged at or before `step`."""
+  out: dict[str, float] = {}
+  for record in records:
+    if record["step"] <= step:
+      out.update({k: v for k, v in record.items() if k != "step"})
+  return out
+
+
+def best_eval(records: list[dict], step: int) -> dict | None:
+  """The record with the lowest `eval/loss` at or before `step`."""
+  evals = {}
+  for record in records:  # a step evaluated twice: the later line wins
+    if "eval/loss" in record and record["step"] <= step:
+      evals[record["step"]] = record
+  return min(evals.values(), key=lambda r: r["eval/loss"], default=None)
+
+
+def summary(records: list[dict], step: int, total_steps: int) -> str:
+  """`step 600/600 | train loss 0.1234 | eval loss 0.17 (acc 0.944) at
+  step 600 | best eval loss 0.17 at step 600` from the run's records."""
+  final = final_scalars(records, step)
+  parts = [f"step {step}/{total_steps}"]
+  if "train/loss" in final:
+    parts.append(f"train loss {final['train/loss']:.4f}")
+  evals = [r for r in records if "eval/loss" in r and r["step"] <= step]
+  if evals:
+    last = evals[-1]
+    accuracy = (f" (accuracy {last['eval/accuracy']:.4f})"
+                if "eval/accuracy" in last else "")
+    parts.append(f"eval loss {last['eval/loss']:.4f}{accuracy} at step "
+                 f"{last['step']}")
+    best = best_eval(records, step)
+    parts.append(f"best eval loss {best['eval/loss']:.4f} at step "
+                 f"{best['step']}")
+  return " | ".join(parts)
 
 
 def format_duration(seconds: float) -> str:
@@ -140,6 +228,8 @@ def _si(value: float) -> str:
 
 
 def log(message: str, *, enabled: bool = True) -> None:
-  """A line for the user on stdout (callers pass `enabled` = process 0)."""
+  """A line for the user on stdout, ending with the time of day (callers
+  pass `enabled` = process 0). The time goes last so that lines still
+  start with what they report (`step 120/1000 | ...`)."""
   if enabled:
-    print(message, flush=True)
+    print(f"{message}  [{time.strftime('%H:%M:%S')}]", flush=True)

@@ -2,17 +2,21 @@
 
 `launch/local.py` runs 2 processes x 4 simulated devices; the same config on
 1 process x 8 devices gives the same losses, checkpoints move between the
-two process counts and meshes in both directions, and a process whose peer
-dies exits with an error instead of hanging.
+two process counts and meshes in both directions, and every way a job can
+end is bounded in time: a process whose peer dies exits with an error, an
+exception on one process ends the job, and the trainers die with a killed
+launcher.
 """
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -180,3 +184,230 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+# Training that would run for hours, silently (nothing is written to the
+# launcher's pipes after the first step): only a failure or a kill ends it.
+ENDLESS = ("--config.total_steps=100000", "--config.checkpoint_every=100000",
+           "--config.eval_every=100000", "--config.log_every=100000")
+# A job that was told to end must have ended within this many seconds.
+BOUND_S = 15
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("bounded") / "tiny.py"
+  path.write_text(CONFIG_FILE)
+  return path
+
+
+def _start_launcher(config_file, workdir, log, *overrides):
+  """`launch/local.py` (2 x 4 devices) in the background, output in `log`."""
+  return subprocess.Popen(
+      [sys.executable, "launch/local.py", "--num_processes=2",
+       "--devices_per_process=4", "--",
+       *_train_args(config_file, workdir, *overrides)],
+      cwd=REPO, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+      start_new_session=True)
+
+
+def _wait_for(log, text, launcher, timeout=180) -> str:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    out = log.read_text()
+    if text in out:
+      return out
+    assert launcher.poll() is None, f"launcher exited early:\n{out[-3000:]}"
+    time.sleep(0.1)
+  pytest.fail(f"no {text!r} within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _child_pids(out: str) -> list[int]:
+  pids = [int(p) for p in re.findall(r"\[launch\] process \d+: pid (\d+)",
+                                     out)]
+  assert len(pids) == 2, out
+  return pids
+
+
+def _alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+  status = pathlib.Path(f"/proc/{pid}/status")
+  if not status.parent.parent.exists():  # no procfs
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    return True
+  try:
+    return "\nState:\tZ" not in status.read_text()
+  except FileNotFoundError:
+    return False
+
+
+def _wait_gone(pids, timeout) -> float:
+  """Seconds until every pid is gone (fails after `timeout`)."""
+  start = time.time()
+  while any(_alive(p) for p in pids):
+    if time.time() - start > timeout:
+      pytest.fail(f"{[p for p in pids if _alive(p)]} still running "
+                  f"{timeout}s later")
+    time.sleep(0.05)
+  return time.time() - start
+
+
+def _kill_leftovers(launcher, pids) -> None:
+  if launcher.poll() is None:
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+  for pid in pids:
+    if _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+
+
+def test_trainers_die_with_a_killed_launcher(config_file, tmp_path):
+  """`kill -9` of the launcher mid-training: both trainers are gone within
+  seconds instead of training (or blocking) forever as orphans."""
+  log = tmp_path / "launch.log"
+  launcher = _start_launcher(config_file, tmp_path / "workdir", log, *ENDLESS)
+  pids = []
+  try:
+    out = _wait_for(log, "compiled and ran the first step", launcher)
+    pids = _child_pids(out)
+    assert all(_alive(p) for p in pids)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    elapsed = _wait_gone(pids, BOUND_S)
+    print(f"\ntrainers gone {elapsed:.1f}s after the launcher")
+  finally:
+    _kill_leftovers(launcher, pids)
+
+
+def test_an_exception_on_one_process_ends_the_job(config_file, tmp_path):
+  """Process 0 alone raises (metrics.jsonl is a directory) while process 1
+  waits in the next step's collective: the launcher exits non-zero within
+  seconds, names process 0 and repeats its error."""
+  workdir = tmp_path / "workdir"
+  (workdir / "metrics.jsonl").mkdir(parents=True)
+  log = tmp_path / "launch.log"
+  launcher = _start_launcher(config_file, workdir, log, *ENDLESS,
+                             "--config.log_every=1")
+  pids = []
+  try:
+    out = _wait_for(log, "[0] IsADirectoryError", launcher)
+    pids = _child_pids(out)
+    raised = time.time()
+    rc = launcher.wait(timeout=BOUND_S + 5)
+    elapsed = time.time() - raised
+    out = log.read_text()
+    assert rc == 1, out[-3000:]
+    assert elapsed < BOUND_S, out[-3000:]
+    assert "[launch] process 0 exited with exit code 1" in out
+    summary = out[out.index("[launch] process 0 failed first"):]
+    assert "[launch] [0] IsADirectoryError" in summary, summary
+    assert not any(_alive(p) for p in pids)
+  finally:
+    _kill_leftovers(launcher, pids)
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_process_is_named_and_its_peer_killed(config_file, tmp_path,
+                                                       victim):
+  """SIGKILL one trainer: the launcher names that one (not the peer that
+  aborted because of it), kills the peer at once (not after a SIGTERM grace
+  period it cannot use) and exits with 128 + 9."""
+  log = tmp_path / "launch.log"
+  launcher = _start_launcher(config_file, tmp_path / "workdir", log, *ENDLESS)
+  pids = []
+  try:
+    pids = _child_pids(_wait_for(log, "compiled and ran the first step",
+                                 launcher))
+    os.kill(pids[victim], signal.SIGKILL)
+    killed = time.time()
+    rc = launcher.wait(timeout=BOUND_S + 5)
+    elapsed = time.time() - killed
+    out = log.read_text()
+    assert rc == 128 + signal.SIGKILL, out[-3000:]
+    assert elapsed < BOUND_S, out[-3000:]
+    assert f"[launch] process {victim} exited with signal SIGKILL" in out
+    assert f"[launch] process {1 - victim} exited" not in out, out[-3000:]
+    assert f"[launch] process {victim} failed first" in out
+    assert not any(_alive(p) for p in pids)
+  finally:
+    _kill_leftovers(launcher, pids)
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_stopping_the_launcher_saves_and_stops(config_file, tmp_path,
+                                               ctrl_c):
+  """SIGTERM to the launcher, or Ctrl-C (SIGINT to the terminal's whole
+  process group), reaches every trainer as SIGTERM: they agree on a step,
+  save it and exit; the launcher exits with 143."""
+  workdir = tmp_path / "workdir"
+  log = tmp_path / "launch.log"
+  launcher = _start_launcher(config_file, workdir, log, *ENDLESS)
+  pids = []
+  try:
+    pids = _child_pids(_wait_for(log, "compiled and ran the first step",
+                                 launcher))
+    if ctrl_c:
+      os.killpg(launcher.pid, signal.SIGINT)
+    else:
+      launcher.send_signal(signal.SIGTERM)
+    rc = launcher.wait(timeout=BOUND_S + 5)
+    out = log.read_text()
+    assert rc == 128 + signal.SIGTERM, out[-3000:]
+    assert "still running: SIGKILL" not in out, out[-3000:]
+    [step] = re.findall(r"preempted: saved step (\d+)", out)
+    assert (workdir / "checkpoints" / step / "commit_success.txt").exists()
+    assert not any(_alive(p) for p in pids)
+  finally:
+    _kill_leftovers(launcher, pids)
+
+
+def _orphan(tmp_path, grandchild: str, pdeathsig: bool) -> float:
+  """Runs the Python code `grandchild` under a parent that starts it as
+  `launch/local.py` does (with or without PR_SET_PDEATHSIG), SIGKILLs the
+  parent; returns the seconds the grandchild outlived it."""
+  preexec = "local._die_with_parent()" if pdeathsig else "None"
+  script = tmp_path / "parent.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, subprocess, sys, time
+      sys.path.insert(0, {str(REPO / "launch")!r})
+      import local
+      child = subprocess.Popen([sys.executable, "-c", {grandchild!r}],
+                               env=local.process_env(0, 1, 1, 1),
+                               preexec_fn={preexec})
+      print(child.pid, flush=True)
+      time.sleep(600)
+  """))
+  parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO,
+                            env=_env(), stdout=subprocess.PIPE, text=True)
+  pid = int(parent.stdout.readline())
+  try:
+    time.sleep(0.5)
+    assert _alive(pid)
+    parent.kill()
+    parent.wait()
+    return _wait_gone([pid], BOUND_S)
+  finally:
+    if _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="PR_SET_PDEATHSIG is Linux's")
+def test_launcher_children_get_sigkill_when_it_dies(tmp_path):
+  elapsed = _orphan(tmp_path, "import time; time.sleep(600)",
+                    pdeathsig=True)
+  assert elapsed < 1
+
+
+def test_parent_watchdog_ends_an_orphan(tmp_path):
+  """The fallback where there is no PR_SET_PDEATHSIG."""
+  elapsed = _orphan(tmp_path, textwrap.dedent("""
+      import os, time
+      from recurrentgemma_jax import distributed
+      distributed.watch_parent(int(os.environ["RG_PARENT_PID"]), poll_s=0.1)
+      time.sleep(600)
+  """), pdeathsig=False)
+  assert elapsed < BOUND_S

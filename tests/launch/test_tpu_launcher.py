@@ -1,13 +1,22 @@
-"""`launch/tpu.py --dry_run`: the exact gcloud commands of a pod launch."""
+"""`launch/tpu.py --dry_run`: the exact gcloud commands of a pod launch,
+and what their remote shell commands do when a worker's shell runs them."""
 
+import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "launch"))
+import tpu_commands as tc  # pylint: disable=wrong-import-position
+
+ACTIONS = ["create", "setup", "run", "logs", "stop", "delete"]
+COMMON = ["--name", "rg-pod", "--zone", "z", "--accelerator", "v4-32"]
 AWKWARD_ARGS = [
     "--config=experiments/lm.py:model=griffin,data_dir=gs://b/my data",
     "--config.model.note=it's a \"test\" with $HOME and `ticks`",
@@ -76,7 +85,9 @@ def test_run_forwards_flags_to_every_worker(accelerator):
                                   *AWKWARD_ARGS]
   assert words[end + 1] == "$HOME/rg_logs/exp1.log"
   assert words[:2] == ["mkdir", "-p"] and "nohup" in words
-  assert remote.rstrip().endswith("&")
+  # Detached, and its pid recorded for `stop`.
+  assert words[end + 2:] == ["2>&1", "<", "/dev/null", "&", "echo", "$!",
+                             ">", "$HOME/rg_logs/exp1.pid;", "}"]
 
 
 def test_setup_installs_on_all_workers():
@@ -90,12 +101,17 @@ def test_setup_installs_on_all_workers():
 
 
 def test_logs_stop_delete():
-  common = ["--name", "rg-pod", "--zone", "z", "--accelerator", "v4-32"]
+  common = COMMON
   [logs] = dry_run("logs", *common, "--run_name", "exp1")
-  assert "--worker=0" in logs and "tail" in remote_command(logs)
-  [stop] = dry_run("stop", *common)
+  assert "--worker=0" in logs
+  assert shlex.split(remote_command(logs)) == [
+      "tail", "-n", "+1", "-F", "$HOME/rg_logs/exp1.log"]
+  [stop] = dry_run("stop", *common, "--run_name", "exp1")
   assert "--worker=all" in stop
-  assert "pkill -TERM -f recurrentgemma_jax.train" in remote_command(stop)
+  remote = remote_command(stop)
+  # The run's own process, from its pid file; never a pattern match.
+  assert 'kill -TERM "$(cat "$HOME/rg_logs"/exp1.pid)"' in remote
+  assert "pkill" not in remote
   [delete] = dry_run("delete", *common)
   assert delete[4:6] == ["delete", "rg-pod"] and "--quiet" in delete
 
@@ -110,14 +126,116 @@ def test_logs_stop_delete():
         (["run", "--accelerator", "v4-32", "--workdir", "gs://b/x", "--",
           "--workdir=gs://other"], "not after '--'"),
         (["stop", "--accelerator", "v4-32", "--", "--x=1"], "only go with"),
+        (["logs", "--accelerator", "v4-32", "--worker", "0;id"],
+         "--worker '0;id'"),
     ],
 )
 def test_bad_requests_fail_before_running_anything(args, message):
+  # --dry_run: a regression prints the commands instead of running gcloud.
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "tpu.py"), args[0],
+      [sys.executable, str(ROOT / "launch" / "tpu.py"), args[0], "--dry_run",
        "--name", "rg-pod", "--zone", "z", *args[1:]],
       capture_output=True, text=True,
   )
   assert proc.returncode == 2
   assert message in proc.stderr
   assert "gcloud" not in proc.stdout
+
+
+MALICIOUS_NAMES = ["x$(touch PWNED)", "x`touch PWNED`", "x;touch PWNED",
+                   "x' PWNED", 'x" PWNED', "a b", "../x", "-x", ""]
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_every_action_rejects_a_malicious_run_name(action, tmp_path):
+  name = f"x$(touch {tmp_path}/PWNED)"
+  workdir = ["--workdir", "gs://b/x"] if action == "run" else []
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "tpu.py"), action, "--dry_run",
+       *COMMON, "--run_name", name, *workdir],
+      capture_output=True, text=True)
+  assert proc.returncode == 2, proc.stdout
+  assert f"--run_name {name!r}" in proc.stderr
+  assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("name", MALICIOUS_NAMES)
+def test_command_builders_reject_a_malicious_run_name(name):
+  target = tc.Target("rg-pod", "z", "v4-32")
+  for build in (lambda: tc.run(target, name, "gs://b/x", []),
+                lambda: tc.logs(target, name), lambda: tc.stop(target, name)):
+    with pytest.raises(tc.LaunchError, match="--run_name"):
+      build()
+
+
+# Stands in for the workers' venv python: runs until SIGTERM, then leaves
+# a mark named after its pid (and never outlives a broken test by > 60 s).
+FAKE_TRAINER = """#!/bin/sh
+trap 'touch "$HOME/terminated.$$"; exit 143' TERM
+i=0
+while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+"""
+
+
+def _worker_home(tmp_path) -> pathlib.Path:
+  home = tmp_path / "home"
+  (home / "recurrentgemma_jax").mkdir(parents=True)
+  python = home / "rg_venv" / "bin" / "python"
+  python.parent.mkdir(parents=True)
+  python.write_text(FAKE_TRAINER)
+  python.chmod(0o755)
+  return home
+
+
+def _on_worker(home, cmd) -> subprocess.CompletedProcess:
+  """Runs `cmd`'s remote command as a worker's shell would."""
+  return subprocess.run(["sh", "-c", remote_command(cmd)],
+                        env={**os.environ, "HOME": str(home)},
+                        capture_output=True, text=True, timeout=30)
+
+
+def _running(pid: int) -> bool:
+  try:
+    return "\nState:\tZ" not in pathlib.Path(
+        f"/proc/{pid}/status").read_text()
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                    reason="the remote commands target Linux workers")
+def test_stop_signals_only_its_own_run(tmp_path):
+  """Two runs on a worker (both `recurrentgemma_jax.train`): `stop` ends
+  the named one only; `run` refuses to start a running run twice."""
+  home = _worker_home(tmp_path)
+  pids = {}
+
+  def run(name):
+    [cmd] = dry_run("run", *COMMON, "--workdir", "gs://b/x", "--run_name",
+                    name)
+    return _on_worker(home, cmd)
+
+  try:
+    for name in ("exp1", "other"):
+      assert run(name).returncode == 0
+      pids[name] = int((home / "rg_logs" / f"{name}.pid").read_text())
+    assert all(_running(p) for p in pids.values())
+    again = run("exp1")
+    assert again.returncode == 1
+    assert "run exp1 is already running" in again.stderr
+    [stop] = dry_run("stop", *COMMON, "--run_name", "exp1")
+    out = _on_worker(home, stop)
+    assert out.returncode == 0 and "exp1: sent SIGTERM" in out.stdout
+    deadline = time.time() + 10
+    while _running(pids["exp1"]) and time.time() < deadline:
+      time.sleep(0.05)
+    assert (home / f"terminated.{pids['exp1']}").exists()
+    assert not _running(pids["exp1"])
+    assert _running(pids["other"])
+    assert not (home / f"terminated.{pids['other']}").exists()
+    out = _on_worker(home, stop)
+    assert out.returncode == 0 and "exp1 is not running" in out.stdout
+  finally:
+    for pid in pids.values():
+      if _running(pid):
+        os.kill(pid, signal.SIGKILL)

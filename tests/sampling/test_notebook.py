@@ -1,7 +1,9 @@
 """notebooks/quickstart.ipynb runs top to bottom on CPU (nbclient).
 
 The parameters cell is shortened for the test (20 training steps, a
-temporary workdir); every other cell runs as written and must not fail.
+temporary workdir); every other cell runs as written and must not fail. The
+kernel starts outside the repository: the notebook finds its checkout by
+itself.
 """
 
 import os
@@ -16,6 +18,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 
 
+def test_notebook_has_its_own_workdir():
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  params = {}
+  exec(nb.cells[1].source, params)  # pylint: disable=exec-used
+  quickstart = (ROOT / "scripts" / "quickstart.sh").read_text()
+  assert "/tmp/rg_quickstart}" in quickstart  # the script's default workdir
+  assert params["WORKDIR"] != "/tmp/rg_quickstart"
+  assert not params["WORKDIR"].startswith("/tmp/rg_quickstart/")
+
+
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   params = nb.cells[1]
@@ -28,9 +40,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  outside = tmp_path / "elsewhere"  # the kernel's working folder
+  outside.mkdir()
   client = nbclient.NotebookClient(
       nb, timeout=300, kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+      resources={"metadata": {"path": str(outside)}})
   client.execute()  # raises CellExecutionError if any cell fails
   outputs = "".join(
       o.get("text", "") for c in nb.cells if c.cell_type == "code"

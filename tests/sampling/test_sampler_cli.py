@@ -3,6 +3,8 @@ from a training workdir (written by the training code's Checkpointer)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import grain
 import jax
@@ -66,7 +68,11 @@ def _fake_workdir(workdir, model, config):
   ckpt.close()
 
 
-def test_training_workdir(tmp_path, capsys):
+BLOCKS = ("recurrent", "recurrent", "attention")  # griffin, depth 3
+
+
+def _tiny_workdir(workdir):
+  """A workdir of `lib.tiny_model(blocks=BLOCKS)` (vocabulary 61)."""
   from recurrentgemma_jax.training import config as config_lib
 
   config = config_lib.base_config()
@@ -76,10 +82,15 @@ def test_training_workdir(tmp_path, capsys):
       logits_soft_cap=10.0, embeddings_scale_by_sqrt_dim=True,
       dtype="float32")
   config.data.task = "selective_copy"
-  blocks = ("recurrent", "recurrent", "attention")  # griffin, depth 3
-  model = lib.tiny_model(blocks=blocks)  # vocabulary 61
-  workdir = str(tmp_path / "run")
+  model = lib.tiny_model(blocks=BLOCKS)
   _fake_workdir(workdir, model, config)
+  return model
+
+
+def test_training_workdir(tmp_path, capsys):
+  blocks = BLOCKS
+  workdir = str(tmp_path / "run")
+  model = _tiny_workdir(workdir)
   loaded, tokenizer, step = cli.load_workdir(workdir)
   assert step == 7 and tokenizer is None
   assert loaded.config.vocab_size == 61
@@ -95,3 +106,52 @@ def test_training_workdir(tmp_path, capsys):
     cli.load_workdir(workdir, step=3)
   assert cli.main(["--workdir", workdir, "--prompt", "text"]) == 1
   assert "tokenizer" in capsys.readouterr().err
+
+
+def test_stream_with_a_stop_string(tmp_path, capsys):
+  # `--stream --stop=...` crashed after printing the stop string's start.
+  _, _, params = lib.official_model()
+  path = str(tmp_path / "ckpt")
+  ocp.PyTreeCheckpointer().save(path, params)
+  spm_path = lib.sentencepiece_model_path()
+  sampler = Sampler(lib.ours_from_official(), spm_path)
+  kw = dict(temperature=1.0, seed=5, stop_at_eos=False)
+  free = sampler.generate(["the cat sat"], 24, **kw).text[0]
+  stop = free.strip()[4:7]
+  assert len(stop) == 3
+  want = sampler.generate(["the cat sat"], 24, stop=stop, **kw).text[0]
+  assert stop not in want
+  rc = cli.main([
+      "--official", path, "--preset", "none", "--window", "8",
+      "--soft_cap", "30", "--sqrt_scale", "--tokenizer", spm_path,
+      "--prompt", "the cat sat", "--max_new_tokens", "24", "--stream",
+      "--temperature", "1", "--seed", "5", "--no_stop_at_eos",
+      f"--stop={stop}"])
+  assert rc == 0
+  assert capsys.readouterr().out == want + "\n"
+
+
+def test_command_line_without_jax_platforms_is_quiet(tmp_path):
+  """`python -m recurrentgemma_jax.sample` where JAX_PLATFORMS is unset:
+  no libtpu start-up errors (the `tpu` extra is installed here) and no
+  runpy warning."""
+  from recurrentgemma_jax import platforms  # pylint: disable=g-import-not-at-top
+
+  if platforms.tpu_present():
+    pytest.skip("this machine has a TPU")
+  workdir = str(tmp_path / "run")
+  _tiny_workdir(workdir)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  result = subprocess.run(
+      [sys.executable, "-m", "recurrentgemma_jax.sample", "--workdir",
+       workdir, "--prompt_tokens", "5,9,17", "--max_new_tokens", "4"],
+      env=env, cwd=root, text=True, capture_output=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  want = lib.tiny_sampler(blocks=BLOCKS).generate([[5, 9, 17]], 4)
+  assert result.stdout.split() == [str(t) for t in want.tokens[0]]
+  for noise in ("Failed to find host bounds", "unexpected worker hostname",
+                "Source Location Trace", "RuntimeWarning"):
+    assert noise not in result.stderr

@@ -1,5 +1,6 @@
 """Checkpoints: half-written ones are ignored; a run stopped by SIGTERM or
-killed with SIGKILL resumes with exactly the losses of an uninterrupted run."""
+Ctrl-C (SIGINT) or killed with SIGKILL resumes with exactly the losses of an
+uninterrupted run."""
 
 import signal
 import subprocess
@@ -43,7 +44,7 @@ import train_testlib
 
 def get_config(arg=None):
   return train_testlib.tiny_config(
-      total_steps=12, checkpoint_every=3, eval_every=100, log_every=1)
+      total_steps=18, checkpoint_every=3, eval_every=100, log_every=1)
 """
 
 
@@ -58,10 +59,13 @@ def _env():
 
 
 def _run_until(config_file, workdir, step, sig):
-  """Starts a run, sends `sig` once `step` is logged; returns the exit code."""
-  proc = subprocess.Popen(_command(config_file, workdir), env=_env(),
-                          cwd=train_testlib.REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  """Starts a run, sends `sig` once `step` is logged; returns the exit code
+  and the run's output."""
+  output = workdir.parent / f"{workdir.name}_{sig.name}.log"
+  with open(output, "w") as f:
+    proc = subprocess.Popen(_command(config_file, workdir), env=_env(),
+                            cwd=train_testlib.REPO, stdout=f,
+                            stderr=subprocess.STDOUT)
   deadline = time.time() + 300
   try:
     while time.time() < deadline and proc.poll() is None:
@@ -70,7 +74,7 @@ def _run_until(config_file, workdir, step, sig):
         proc.send_signal(sig)
         break
       time.sleep(0.05)
-    return proc.wait(timeout=300)
+    return proc.wait(timeout=300), output.read_text()
   finally:
     if proc.poll() is None:
       proc.kill()
@@ -83,22 +87,31 @@ def test_stopped_and_killed_runs_resume_with_identical_losses(tmp_path):
   subprocess.run(_command(config_file, reference), env=_env(),
                  cwd=train_testlib.REPO, check=True, capture_output=True)
   expected = {s: v[0] for s, v in train_testlib.losses(reference).items()}
-  assert sorted(expected) == list(range(1, 13))
+  assert sorted(expected) == list(range(1, 19))
 
   workdir = tmp_path / "interrupted"
-  # Preemption: SIGTERM saves a checkpoint of the current step and exits 143.
-  assert _run_until(config_file, workdir, 4, signal.SIGTERM) == 143
-  stopped_at = max(train_testlib.losses(workdir))
   ckpt = checkpointing.Checkpointer(str(workdir / "checkpoints"), keep=3)
+  # Preemption: SIGTERM saves a checkpoint of the current step and exits 143.
+  code, _ = _run_until(config_file, workdir, 4, signal.SIGTERM)
+  assert code == 143
+  stopped_at = max(train_testlib.losses(workdir))
   assert ckpt.latest_step() == stopped_at
+  # Ctrl-C does the same, with no traceback, and says how to resume.
+  code, output = _run_until(config_file, workdir, stopped_at + 2,
+                            signal.SIGINT)
+  stopped_at = max(train_testlib.losses(workdir))
+  assert code == 143, output[-3000:]
+  assert ckpt.latest_step() == stopped_at
+  assert f"interrupted: saved step {stopped_at}; run the same command" in output
+  assert "Traceback" not in output and "Fatal Python error" not in output
   # A hard kill at whatever step it lands on; an async save may be torn.
-  assert _run_until(config_file, workdir, stopped_at + 4,
-                    signal.SIGKILL) == -signal.SIGKILL
+  code, _ = _run_until(config_file, workdir, stopped_at + 4, signal.SIGKILL)
+  assert code == -signal.SIGKILL
   subprocess.run(_command(config_file, workdir), env=_env(),
                  cwd=train_testlib.REPO, check=True, capture_output=True)
 
   logged = train_testlib.losses(workdir)
-  assert sorted(logged) == list(range(1, 13))
+  assert sorted(logged) == list(range(1, 19))
   assert any(len(v) > 1 for v in logged.values())  # steps were redone
   for step, values in logged.items():
     for value in values:

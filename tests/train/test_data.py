@@ -80,8 +80,7 @@ def test_byte_tokenizer_round_trips_any_text():
 
 def test_sentencepiece_tokenizer(tmp_path):
   sentencepiece = pytest.importorskip("sentencepiece")
-  lines = train_testlib.SHAKESPEARE.read_text().splitlines()[:3000]
-  (tmp_path / "corpus.txt").write_text("\n".join(lines))
+  train_testlib.sample_text(tmp_path / "corpus.txt", lines=3000)
   sentencepiece.SentencePieceTrainer.train(
       input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"),
       vocab_size=300, model_type="bpe", bos_id=1, eos_id=2, pad_id=0,
@@ -91,6 +90,18 @@ def test_sentencepiece_tokenizer(tmp_path):
   assert tok.decode(tok.encode("To be, or not to be")) == "To be, or not to be"
   with pytest.raises(ConfigError, match="not found"):
     tokenizers.get_tokenizer(str(tmp_path / "missing.model"))
+
+
+def test_a_bad_tokenizer_file_is_a_one_line_error_naming_it(tmp_path):
+  pytest.importorskip("sentencepiece")
+  path = tmp_path / "tokenizer.model"
+  path.write_text("not a model\n")
+  with pytest.raises(ConfigError, match=f"tokenizer: {path} is not a "
+                     "SentencePiece model") as e:
+    tokenizers.get_tokenizer(str(path))
+  assert "\n" not in str(e.value) and e.value.__cause__ is None
+  with pytest.raises(ConfigError, match=f"tokenizer: {tmp_path} is a folder"):
+    tokenizers.get_tokenizer(str(tmp_path))
 
 
 def _packed_rows(docs, seq_len):
@@ -148,11 +159,65 @@ def test_local_text_builder_splits_documents_and_holds_out_validation(
     local_text.prepare_local_text(str(tmp_path / "*.none"), str(tmp_path))
 
 
+def test_local_text_builder_holds_out_whole_files(tmp_path):
+  for name in ("a", "b", "c"):
+    (tmp_path / f"{name}.txt").write_text(f"{name} line\n" * 50)
+  config = local_text.LocalTextConfig(
+      files=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")],
+      validation_files=[str(tmp_path / "c.txt")], max_chars=100)
+  builder = local_text.prepare(config, str(tmp_path / "tfds"))
+
+  def texts(split):
+    source = builder.as_data_source(split=split)
+    return "".join(source[i]["text"].decode() for i in range(len(source)))
+
+  assert sorted(set(texts("train").split("\n")) - {""}) == ["a line",
+                                                             "b line"]
+  assert texts("validation") == "c line\n" * 50
+  # The same files without the by-file split are another dataset.
+  by_documents = local_text.LocalTextConfig(
+      files=[str(tmp_path / f"{n}.txt") for n in "abc"], max_chars=100)
+  assert by_documents.name != config.name
+
+
+def test_missing_files_tell_how_to_pass_them(tmp_path):
+  with pytest.raises(ConfigError, match=r"no file matches '/no/such/\*.txt'; "
+                     "give existing text or .jsonl files as files=PATH"):
+    local_text.expand_files("/no/such/*.txt")
+  with pytest.raises(ConfigError, match="no files given; give existing"):
+    local_text.expand_files(" , ")
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("latin1.txt", "caf\xe9\n".encode("latin-1"),
+     r"latin1.txt is not UTF-8 text \(byte 3: b'\\xe9\\n'\)"),
+    ("bad.jsonl", b'{"text": "ok"}\n{"text": \n',
+     r"bad.jsonl:2: not a JSON line"),
+    ("list.jsonl", b'["text"]\n', r"list.jsonl:1: no 'text' field"),
+])
+def test_unreadable_text_is_a_one_line_error_naming_the_file(
+    tmp_path, name, content, match):
+  (tmp_path / name).write_bytes(content)
+  (tmp_path / "good.txt").write_text("fine\n" * 10)
+  with pytest.raises(ConfigError, match=match) as e:
+    local_text.prepare_local_text(f"{tmp_path}/good.txt,{tmp_path}/{name}",
+                                  str(tmp_path / "tfds"))
+  assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_folder_as_files_is_a_one_line_error(tmp_path):
+  (tmp_path / "texts").mkdir()
+  with pytest.raises(ConfigError, match=f"data.files: {tmp_path}/texts is a "
+                     "folder, not a file; name its files with a glob such as "
+                     f"{tmp_path}/texts/\\*.txt"):
+    local_text.prepare_local_text(str(tmp_path / "texts"), str(tmp_path))
+
+
 def _lm_config(tmp_path, **data):
   config = train_testlib.tiny_config(seq_len=16, batch_size=4)
   config.data = ml_collections.ConfigDict({
       **pipeline.LM_DEFAULTS, "source": "text",
-      "files": str(train_testlib.SHAKESPEARE),
+      "files": train_testlib.sample_text(tmp_path / "sample.txt"),
       "data_dir": str(tmp_path / "tfds"), "max_chars": 2000, **data})
   return config
 

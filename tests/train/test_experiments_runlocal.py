@@ -8,7 +8,9 @@ The fine-tuning file needs released weights: a tiny model saved in the
 official checkpoint format stands in for them (as in
 test_loop.py::test_fine_tuning_starts_from_released_weights).
 
-The language-modelling files read ../shared/data/tinyshakespeare.txt beside
+The language-modelling files train on their default corpus, the Python
+standard library's source (`data/code_corpus.py`), prepared once in a
+temporary folder; test_fresh_clone.py runs the same defaults from a copy of
 the repository.
 """
 
@@ -69,7 +71,7 @@ def test_every_experiment_file_is_covered():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """One prepared copy of the sample corpus for every text experiment."""
+  """One prepared copy of the default corpus for every text experiment."""
   return str(tmp_path_factory.mktemp("tfds"))
 
 
@@ -123,6 +125,8 @@ def test_runlocal_trains(path, model, tmp_path, data_dir, released):
   config.log_every = 1
   config.eval_batches = 1
   if config.data.task == "lm":  # prepare the corpus in a temporary folder
+    assert config.data.source == "python"  # built here, read from nowhere
+    assert not config.data.files
     config.data.data_dir = data_dir
     sizes["data"]["data_dir"] = data_dir
 
@@ -147,6 +151,23 @@ def test_runlocal_trains(path, model, tmp_path, data_dir, released):
     assert ckpt.complete_steps() == [STEPS]
   finally:
     ckpt.close()
+
+
+@pytest.mark.parametrize("name, arg, match", [
+    ("lm", "model=griffen", "model='griffen' is not one of griffin, hawk, mqa"),
+    ("lm", "size=1b", "size='1b' is not one of 100m, small"),
+    ("lm", "corpus=c4", "corpus='c4' is not one of python"),
+    ("lm", "corpus=python,files=/x.txt", "at most one of corpus=, dataset="),
+    ("lm", "files=/x.txt,site_packages", "apply to corpus=python"),
+    ("paper_scaling", "model=griffen", "model='griffen' is not one of"),
+    ("paper_scaling", "size=2b", "size='2b' is not one of 100m, 400m"),
+    ("recurrentgemma_finetune", "size=7b", "size='7b' is not one of 2b, 9b"),
+])
+def test_bad_arguments_are_rejected_by_get_config(name, arg, match):
+  """Before any data is prepared (the loop prepares it in setup)."""
+  module = _load(train_testlib.REPO / "experiments" / f"{name}.py")
+  with pytest.raises(ConfigError, match=match):
+    module.get_config(arg)
 
 
 @pytest.mark.slow

@@ -87,9 +87,14 @@ def test_scores_each_length_like_a_direct_forward_pass(trained):
   config, workdir = trained
   result = length_eval.evaluate_lengths(config, str(workdir), (1, 2, 4),
                                         examples=10, per_position=True)
-  written = json.loads((workdir / length_eval.RESULT_FILE).read_text())
+  # Written to a file named by the settings.
+  name = "length_eval_step4_x1-2-4_n10_positions.json"
+  assert length_eval.default_result_file(4, [1, 2, 4], 10, True) == name
+  written = json.loads((workdir / name).read_text())
   assert written == json.loads(json.dumps(result))
   assert result["step"] == 4 and result["train_seq_len"] == TRAIN_LEN
+  assert result["settings"] == {"multipliers": [1, 2, 4], "examples": 10,
+                                "per_position": True}
   rows = result["lengths"]
   assert [r["multiplier"] for r in rows] == [1, 2, 4]
   assert [r["seq_len"] for r in rows] == [32, 64, 128]
@@ -132,18 +137,48 @@ def test_scores_each_length_like_a_direct_forward_pass(trained):
                                           rel=1e-5)
 
 
-def test_evaluating_again_replaces_the_result_file(trained):
+def test_no_evaluation_replaces_a_result_of_other_settings(trained,
+                                                           monkeypatch):
   config, workdir = trained
-  assert (workdir / length_eval.RESULT_FILE).exists()
-  first = json.loads((workdir / length_eval.RESULT_FILE).read_text())
+  named = workdir / "lengths.json"
+  first = length_eval.evaluate_lengths(config, str(workdir), (1,),
+                                       examples=16, per_position=True,
+                                       result_file="lengths.json")
+  assert json.loads(named.read_text()) == json.loads(json.dumps(first))
+  # Another step and settings: another file; the first stays.
   older = length_eval.evaluate_lengths(config, str(workdir), (1,), step=2,
                                        examples=16)
   assert older["step"] == 2 and len(older["lengths"]) == 1
-  # An older checkpoint scores differently (and without per-position data).
   assert older["lengths"][0]["loss"] != pytest.approx(
       first["lengths"][0]["loss"], rel=1e-4)
   assert "per_position_loss" not in older["lengths"][0]
-  assert json.loads((workdir / length_eval.RESULT_FILE).read_text()) == older
+  assert json.loads(
+      (workdir / "length_eval_step2_x1_n16.json").read_text()) == older
+  assert json.loads(named.read_text()) == json.loads(json.dumps(first))
+
+  # The named file with other settings: refused before anything is built.
+  def setup_attempt(*_):
+    raise AssertionError("set up the run")
+
+  monkeypatch.setattr(length_eval.loop, "setup", setup_attempt)
+  for multipliers, examples, per_position in [((1, 2), 16, True),
+                                              ((1,), 8, True),
+                                              ((1,), 16, False)]:
+    with pytest.raises(ConfigError, match="lengths.json holds a length "
+                       "evaluation with other settings"):
+      length_eval.evaluate_lengths(config, str(workdir), multipliers,
+                                   examples=examples,
+                                   per_position=per_position,
+                                   result_file="lengths.json")
+  with pytest.raises(ConfigError, match="give a file name"):
+    length_eval.evaluate_lengths(config, str(workdir), (1,),
+                                 result_file="../lengths.json")
+  monkeypatch.undo()
+  # The same settings replace it (here: from an older checkpoint).
+  again = length_eval.evaluate_lengths(config, str(workdir), (1,), step=2,
+                                       examples=16, per_position=True,
+                                       result_file="lengths.json")
+  assert json.loads(named.read_text())["step"] == again["step"] == 2
 
 
 @pytest.mark.parametrize("multipliers", [[0], [], [1.5], [2, -1], ["2"]])
@@ -174,12 +209,18 @@ def test_missing_checkpoints_fail_before_compiling(trained, tmp_path,
 
 def test_command_line(trained):
   _, workdir = trained
-  # Work around the overwrite bug (test_evaluating_again_...): start afresh.
-  (workdir / length_eval.RESULT_FILE).unlink(missing_ok=True)
+  # A study's result (reproduce.py's file) that the command must leave be.
+  study = workdir / length_eval.RESULT_FILE
+  study.write_text(json.dumps({"step": 4, "lengths": [], "settings": {
+      "multipliers": [1, 2, 4, 8], "examples": 128, "per_position": True}}))
+  before = study.read_text()
   result = train_testlib.python(
       "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
       "--length_multipliers=1,2", "--examples=8", "--per_position")
   assert result.returncode == 0, result.stderr[-2000:]
+  assert study.read_text() == before
+  path = workdir / "length_eval_step4_x1-2_n8_positions.json"
+  assert f"wrote {path}" in result.stdout
   printed = json.loads(result.stdout[result.stdout.index("{"):])
   assert printed["step"] == 4
   rows = printed["lengths"]
@@ -188,9 +229,20 @@ def test_command_line(trained):
   assert all(math.isfinite(r["loss"]) for r in rows)
   # The per-position arrays stay in the file, out of the printout.
   assert not any("per_position_loss" in r for r in rows)
-  saved = json.loads((workdir / length_eval.RESULT_FILE).read_text())
+  saved = json.loads(path.read_text())
   assert [len(r["per_position_loss"]) for r in saved["lengths"]] == [32, 64]
   assert [r["loss"] for r in saved["lengths"]] == [r["loss"] for r in rows]
+
+  # Naming the study's file with other settings: a one-line error.
+  clash = train_testlib.python(
+      "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
+      "--length_multipliers=1,2", "--examples=8",
+      f"--length_eval_file={length_eval.RESULT_FILE}")
+  assert clash.returncode == 1 and "Traceback" not in clash.stderr
+  errors = [l for l in clash.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, clash.stderr
+  assert "holds a length evaluation with other settings" in errors[0]
+  assert study.read_text() == before
 
   bad = train_testlib.python(
       "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",

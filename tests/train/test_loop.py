@@ -3,6 +3,7 @@ profiling, resuming, and the errors users see."""
 
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -64,6 +65,7 @@ def test_train_logs_evaluates_checkpoints_and_resumes(tmp_path, capsys):
   assert result.returncode == 0, result.stderr[-2000:]
   printed = json.loads(result.stdout[result.stdout.index("{"):])
   assert printed["step"] == 3 and np.isfinite(printed["eval/loss"])
+  assert not re.findall(r"^I\d{4} .*", result.stderr, re.M)  # no INFO logs
   png = tmp_path / "curves.png"
   result = train_testlib.python("-m", "recurrentgemma_jax.plot",
                                 str(workdir), f"--out={png}")
@@ -71,15 +73,20 @@ def test_train_logs_evaluates_checkpoints_and_resumes(tmp_path, capsys):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                           monkeypatch):
   workdir = str(tmp_path / "run")
   loop.train(train_testlib.tiny_config(total_steps=4, checkpoint_every=2,
                                        eval_every=100), workdir)
-  poisoned = train_testlib.tiny_config(total_steps=8, checkpoint_every=1,
-                                       eval_every=100)
-  poisoned.loss.z_loss = float("nan")  # NaN gradients from step 5 on
+  real = loop._global_batch  # pylint: disable=protected-access
+
+  def poisoned(local, *args):  # NaN loss weights from step 5 on
+    return real({**local, "mask": local["mask"] * np.float32("nan")}, *args)
+
+  monkeypatch.setattr(loop, "_global_batch", poisoned)
   with pytest.raises(loop.NonFiniteLossError, match="step 5.*step 4"):
-    loop.train(poisoned, workdir)
+    loop.train(train_testlib.tiny_config(total_steps=8, checkpoint_every=1,
+                                         eval_every=100), workdir)
   checkpoints = pathlib.Path(workdir) / "checkpoints"
   assert sorted(int(p.name) for p in checkpoints.iterdir()
                 if p.name.isdigit()) == [2, 4]
@@ -89,7 +96,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def _lm_config(tmp_path, **overrides):
   config = train_testlib.tiny_config(**overrides)
   config.data = {"task": "lm", "source": "text",
-                 "files": str(train_testlib.SHAKESPEARE),
+                 "files": train_testlib.sample_text(tmp_path / "sample.txt"),
                  "data_dir": str(tmp_path / "tfds")}
   return config
 
@@ -104,6 +111,21 @@ def _lm_config(tmp_path, **overrides):
 def test_setup_rejects_bad_configs_before_compiling(tmp_path, change, match):
   with pytest.raises(ConfigError, match=match):
     loop.setup(train_testlib.tiny_config(**change), str(tmp_path))
+
+
+@pytest.mark.parametrize("key,bad_id", [("inputs", 32), ("targets", -1)])
+def test_batches_with_ids_outside_the_vocabulary_are_refused(key, bad_id):
+  # Inside the jitted step such ids would silently embed as NaN or wrap.
+  mesh = jax.make_mesh((1,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch = {"inputs": np.ones((2, 4), np.int32),
+           "targets": np.ones((2, 4), np.int32)}
+  assert set(loop._global_batch(batch, sharding, 32)) == set(batch)
+  batch[key] = batch[key].copy()
+  batch[key][1, 2] = bad_id
+  with pytest.raises(ConfigError, match=f"token id {bad_id} at index "
+                     r"\(1, 2\).*\[0, 32\)"):
+    loop._global_batch(batch, sharding, 32)
 
 
 def test_setup_rejects_bad_data_and_workdirs(tmp_path):

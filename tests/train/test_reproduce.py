@@ -79,17 +79,21 @@ def test_train_and_eval_commands():
   assert runlocal.endswith("lm.py:model=hawk,runlocal,tokenizer=bytes")
   assert _load_config(runlocal).seq_len == 256
 
+  # The study's own result file, the one `report` reads.
   assert reproduce.eval_command(job, "runlocal") == [
       sys.executable, "-m", "recurrentgemma_jax.evaluate",
       "--workdir=/out/sc/hawk_s3", "--length_multipliers=1",
-      "--examples=128"]
+      "--examples=128", "--length_eval_file=length_eval.json"]
   induction = reproduce.Job("induction_heads", "griffin", 0, "/w")
   assert reproduce.eval_command(induction, "paper")[4:] == [
-      "--length_multipliers=1,2,4,8,16,32,64", "--examples=512"]
+      "--length_multipliers=1,2,4,8,16,32,64", "--examples=512",
+      "--length_eval_file=length_eval.json"]
   assert reproduce.eval_command(lm, "paper")[4:] == [
-      "--length_multipliers=1,2,4,8", "--examples=4096", "--per_position"]
+      "--length_multipliers=1,2,4,8", "--examples=4096",
+      "--length_eval_file=length_eval.json", "--per_position"]
   assert reproduce.eval_command(lm, "runlocal")[5:] == [
-      "--examples=128", "--per_position"]
+      "--examples=128", "--length_eval_file=length_eval.json",
+      "--per_position"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -167,7 +171,8 @@ def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
         f"selective_copy.py:model={model},runlocal --config.seed=0 ")
     assert "--config.total_steps=6" in record["train_command"]
     assert record["eval_command"].endswith(
-        "--length_multipliers=1 --examples=128")
+        "--length_multipliers=1 --examples=128 "
+        "--length_eval_file=length_eval.json")
 
     records = _records(workdir)
     assert sorted(r["step"] for r in records if "train/loss" in r) == [3, 6]
@@ -179,6 +184,8 @@ def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
 
     lengths = json.loads((workdir / "length_eval.json").read_text())
     assert (lengths["step"], lengths["train_seq_len"]) == (6, 64)
+    assert lengths["settings"] == {"multipliers": [1], "examples": 128,
+                                   "per_position": False}
     (row,) = lengths["lengths"]
     assert (row["multiplier"], row["seq_len"], row["batch_size"],
             row["examples"], row["tokens"]) == (1, 64, 32, 128, 128 * 8)
@@ -223,6 +230,38 @@ def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
     assert row, markdown
     assert float(row[1]) == entry["params_m"]
     assert row[2] == f"{last_accuracy[model]:.3f}"
+
+
+def test_a_failed_run_prints_the_end_of_its_log(tmp_path, capsys,
+                                               keep_signal_handlers):
+  out = tmp_path / "out"
+  missing = tmp_path / "no_such_corpus.txt"
+  assert reproduce.main([
+      "run", "--study=lm", "--models=hawk", "--size=runlocal",
+      "--outdir", str(out), f"--config_arg=lm:files={missing}"]) == 1
+  printed = capsys.readouterr().out.splitlines()
+  (status,) = [i for i, line in enumerate(printed)
+               if "lm hawk seed 0: failed" in line]
+  tail = printed[status + 1:]
+  assert 1 <= len(tail) <= reproduce.LOG_TAIL_LINES
+  assert all(line.startswith("    ") for line in tail)
+  # The error itself, which says how to name the text.
+  assert tail[-1] == (f"    error: data.files: no file matches "
+                      f"'{missing}'; give existing text or .jsonl files as "
+                      "files=PATH (globs joined by '+', e.g. "
+                      "experiments/lm.py:files=/data/*.txt) or "
+                      "--config.data.files=GLOB,GLOB"), tail
+  record = json.loads((out / "lm" / "hawk_s0" / "run.json").read_text())
+  assert (record["status"], record["returncode"]) == ("failed", 1)
+  assert not (out / "lm" / "hawk_s0" / "checkpoints").exists()
+
+
+def test_log_tail(tmp_path):
+  log = tmp_path / "log.txt"
+  log.write_text("".join(f"line {i}\n\n" for i in range(30)))
+  assert reproduce.log_tail(str(log), 3) == ["line 27", "line 28", "line 29"]
+  assert reproduce.log_tail(str(tmp_path / "none.txt"))[0].startswith(
+      "(no log: ")
 
 
 def test_run_restores_signal_handlers(tmp_path, keep_signal_handlers):

@@ -123,3 +123,69 @@ def test_config_file_flags_override_and_reject(tmp_path):
   result = train_testlib.python(*common, "--config.batch_size=abc")
   assert result.returncode != 0
   assert "batch_size" in result.stderr
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("change, match", [
+    # Each of these trained without complaint before (gradient ascent for a
+    # negative learning rate, a diverging Adam for b1 > 1, ...).
+    ({"min_lr_ratio": -1.0},
+     r"min_lr_ratio=-1.0 must be a finite number in \[0, 1\]"),
+    ({"optimizer.b1": 1.5},
+     r"optimizer.b1=1.5 must be a finite number in \[0, 1\)"),
+    ({"optimizer.b2": 1.0}, r"optimizer.b2=1.0 must be .* in \[0, 1\)"),
+    ({"optimizer.grad_clip": -1.0},
+     "optimizer.grad_clip=-1.0 must be a finite number >= 0"),
+    ({"optimizer.eps": 0.0}, "optimizer.eps=0.0 must be a finite number > 0"),
+    ({"optimizer.weight_decay": NAN}, "optimizer.weight_decay=nan"),
+    ({"learning_rate": NAN}, "learning_rate=nan must be a finite number > 0"),
+    ({"learning_rate": INF}, "learning_rate=inf must be a finite number > 0"),
+    ({"learning_rate": -1e-3}, "learning_rate=-0.001 must be"),
+    ({"loss.z_loss": -1.0}, "loss.z_loss=-1.0 must be a finite number >= 0"),
+    ({"peak_tflops": 0.0}, "peak_tflops=0.0 must be a finite number > 0"),
+    ({"eval_every": 0}, "eval_every=0 must be an integer >= 1"),
+    ({"seed": -3}, "seed=-3 must be an integer >= 0"),
+    ({"mesh.fsdp": 0}, "mesh.fsdp=0 must be an integer >= 1 or -1"),
+    ({"model.width": 0}, "model.width=0 must be an integer >= 1"),
+    ({"model.depth": 0}, "model.depth=0 must be an integer >= 1"),
+    ({"profile_steps": (2, 7)},
+     r"profile_steps=\(2, 7\) must be \(\) or \(first, last\) with 1 <= "
+     r"first <= last <= total_steps=6"),
+    ({"profile_steps": (3, 2)}, "profile_steps=.3, 2."),
+    ({"lr_schedule": "step"}, "lr_schedule='step' is not one of cosine"),
+    ({"optimizer.no_decay": "(bias"}, "optimizer.no_decay=.* is not a regex"),
+])
+def test_validate_rejects_out_of_range_values(change, match):
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(train_testlib.tiny_config(**change))
+
+
+@pytest.mark.parametrize("change", [
+    {"eval_batches": 0},  # no evaluation
+    {"optimizer.grad_clip": 0.0},  # no clipping
+    {"min_lr_ratio": 0.0}, {"min_lr_ratio": 1.0},
+    {"optimizer.b1": 0.0}, {"warmup_steps": 0}, {"warmup_steps": 6},
+    {"profile_steps": (1, 6)}, {"mesh.data": -1, "mesh.fsdp": 1},
+    {"model.attention_window_size": 0},  # global attention
+    {"peak_tflops": 459.0},
+])
+def test_validate_accepts_the_edges_of_every_range(change):
+  config_lib.validate(train_testlib.tiny_config(**change))
+
+
+def test_every_numeric_field_has_a_range():
+  def numeric(section, prefix=""):
+    for key in section.keys():
+      value = section[key]
+      if hasattr(value, "keys"):
+        if key != "data":
+          yield from numeric(value, f"{prefix}{key}.")
+      elif section.get_type(key) in (int, float):
+        yield prefix + key
+
+  fields = set(numeric(config_lib.base_config()))
+  assert "optimizer.b1" in fields and "model.depth" in fields
+  assert fields - set(config_lib.RANGES) == set()
+  assert set(config_lib.RANGES) - fields == set()

@@ -5,13 +5,31 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 
 from recurrentgemma_jax.training import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+# The words of `sample_text`, with the characters of "To be, or not to be".
+_WORDS = ("to be or not that is the question whether tis nobler in mind "
+          "suffer slings and arrows of outrageous fortune take arms against "
+          "a sea troubles by opposing end them die sleep no more").split()
+
+
+def sample_text(path, lines: int = 3000, seed: int = 0) -> str:
+  """Writes `lines` lines of seeded pseudo-English (about 50 bytes each) to
+  `path` and returns it as a string: a corpus the tests make themselves."""
+  rng = random.Random(seed)
+  out = []
+  for _ in range(lines):
+    words = rng.choices(_WORDS, k=rng.randint(4, 12))
+    words[0] = words[0].capitalize()
+    out.append(" ".join(words) + rng.choice(",.;:!?"))
+  path = pathlib.Path(path)
+  path.write_text("\n".join(out) + "\n")
+  return str(path)
 
 
 def tiny_config(**overrides):

@@ -1,0 +1,141 @@
+"""The time-parallel GPU scans (two-pass, and the experimental look-back)
+against the float64 oracle.
+
+On CPU the kernels run in Pallas interpret mode, where programs run one
+after another in grid order; on a GPU backend (`JAX_PLATFORMS=cuda`) the
+same tests run the compiled two-pass kernels (the look-back ones only with
+RG_EXPERIMENTAL_LOOKBACK=1).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pallas_kernels
+from pallas_kernels import gpu_chunked_scan
+from pallas_kernels import gpu_lookback_scan
+from pallas_kernels import reference
+
+INTERPRET = jax.default_backend() != "gpu"
+
+
+def _rel_err(got, want) -> float:
+  got = np.asarray(got, np.float64)
+  want = np.asarray(want, np.float64)
+  assert np.all(np.isfinite(got)), "non-finite output"
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _inputs(rng, b, t, d, x_dtype, a_dtype, resets):
+  x = jnp.asarray(rng.standard_normal((b, t, d)), x_dtype)
+  a = rng.uniform(0.3, 1.02, (b, t, d))
+  if resets:  # a = 0 at scattered steps: inside chunks and on their edges
+    a[rng.uniform(size=(b, t)) < 0.15] = 0.0
+  a = jnp.asarray(a, a_dtype)
+  h0 = jnp.asarray(rng.standard_normal((b, d)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((b, t, d)), x_dtype)
+  dh_last = jnp.asarray(rng.standard_normal((b, d)), jnp.float32)
+  return x, a, h0, dy, dh_last
+
+
+def _check_against_oracle(b, t, d, x_dtype, a_dtype, reverse, options,
+                          resets=True, seed=0):
+  rng = np.random.default_rng([b, t, d, reverse, seed])
+  x, a, h0, dy, dh_last = _inputs(rng, b, t, d, x_dtype, a_dtype, resets)
+
+  def scan(x, a, h0):
+    return pallas_kernels.linear_scan(
+        x, a, h0, reverse=reverse, impl="pallas_gpu", interpret=INTERPRET,
+        variant="chunked", **options)
+
+  (y, h_last), vjp = jax.vjp(scan, x, a, h0)
+  dx, da, dh0 = vjp((dy, dh_last))
+  assert y.dtype == x_dtype and h_last.dtype == jnp.float32
+  assert dx.dtype == x_dtype and da.dtype == a_dtype
+
+  want_y, want_h = reference.numpy_scan(x, a, h0, reverse=reverse)
+  want_grads = reference.numpy_scan_vjp(x, a, h0, dy, dh_last,
+                                        reverse=reverse)
+  tol = 1e-2 if jnp.bfloat16 in (x_dtype, a_dtype) else 2e-6
+  assert _rel_err(y, want_y) < tol
+  assert _rel_err(h_last, want_h) < tol
+  for got, want in zip((dx, da, dh0), want_grads):
+    assert _rel_err(got, want) < tol
+
+
+# (B, T, D, x dtype, a dtype, reverse, options). T is prime or below one
+# chunk, so chunks end mid-way and the last chunk is partial; D leaves
+# partial feature blocks.
+CASES = [
+    (2, 37, 100, jnp.float32, jnp.float32, False, dict(chunk=4, bwd_chunk=3)),
+    (1, 53, 64, jnp.float32, jnp.float32, True, dict(splits=5, chunk=4)),
+    (1, 5, 32, jnp.float32, jnp.float32, False, dict(chunk=8, bwd_chunk=8)),
+    (1, 70, 40, jnp.float32, jnp.float32, True,
+     dict(splits=1, chunk=8, pipeline=False)),
+    (3, 29, 96, jnp.bfloat16, jnp.bfloat16, True, dict(chunk=4, bwd_chunk=2)),
+    (2, 19, 33, jnp.bfloat16, jnp.float32, False, dict(splits=4, chunk=2)),
+    (1, 41, 64, jnp.float32, jnp.bfloat16, False,
+     dict(block_d=32, chunk=4, num_warps=1)),
+]
+
+
+@pytest.mark.parametrize("b,t,d,x_dtype,a_dtype,reverse,options", CASES)
+def test_two_pass_matches_float64_oracle(b, t, d, x_dtype, a_dtype, reverse,
+                                         options):
+  _check_against_oracle(b, t, d, x_dtype, a_dtype, reverse, options)
+
+
+def test_two_pass_long_row_at_batch_one():
+  # B=1 with many chunks: the shape the time split exists for.
+  _check_against_oracle(1, 517, 64, jnp.float32, jnp.float32, False,
+                        dict(splits=16, chunk=8, bwd_chunk=8))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_look_back_matches_float64_oracle_in_interpret_mode(
+    reverse, monkeypatch):
+  if not INTERPRET:
+    monkeypatch.setenv(gpu_lookback_scan.ENABLE_VARIABLE, "1")
+  _check_against_oracle(2, 37, 100, jnp.float32, jnp.float32, reverse,
+                        dict(lookback=True, chunk=8, bwd_chunk=4))
+  _check_against_oracle(1, 29, 64, jnp.bfloat16, jnp.bfloat16, reverse,
+                        dict(lookback=True, chunk=4, bwd_chunk=3))
+
+
+def test_look_back_refuses_to_compile_unless_enabled(monkeypatch):
+  monkeypatch.delenv(gpu_lookback_scan.ENABLE_VARIABLE, raising=False)
+  x = jnp.ones((1, 8, 32), jnp.float32)
+  with pytest.raises(NotImplementedError, match="RG_EXPERIMENTAL_LOOKBACK"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=False,
+                               variant="chunked", lookback=True)
+
+
+def test_time_split_covers_the_row_in_whole_load_groups():
+  config = gpu_chunked_scan.ChunkedScanConfig()
+  for length, batch, width in ((16384, 1, 2560), (4096, 8, 2560), (7, 1, 32),
+                               (2049, 16, 4096)):
+    splits, steps = gpu_chunked_scan.split_time(length, batch, width, 32,
+                                                config)
+    assert steps % 32 == 0 and splits * steps >= length
+    assert (splits - 1) * steps < length  # no empty chunk
+    assert splits <= config.max_splits
+  # B=1 at the RecurrentGemma width: 40 feature blocks, 26 chunks of 640.
+  assert gpu_chunked_scan.split_time(16384, 1, 2560, 32, config) == (26, 640)
+
+
+def test_options_are_checked():
+  with pytest.raises(ValueError, match="power of 2"):
+    gpu_chunked_scan.ChunkedScanConfig(block_d=48)
+  with pytest.raises(ValueError, match="splits"):
+    gpu_chunked_scan.ChunkedScanConfig(splits=-1)
+  x = jnp.ones((1, 8, 32), jnp.float32)
+  with pytest.raises(TypeError, match="walk"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
+                               variant="chunked", num_stages=2)
+  with pytest.raises(TypeError, match="chunked"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
+                               variant="walk", splits=2)
+  with pytest.raises(ValueError, match="variant"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
+                               variant="fast")
