@@ -95,6 +95,8 @@ def read_records(workdir: str) -> list[dict]:
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
+  if path.is_dir():
+    raise WorkdirError(f"{path} is a folder, not the run's metrics file")
   out = []
   for line in path.read_text().splitlines():
     try:

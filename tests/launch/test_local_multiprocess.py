@@ -283,17 +283,19 @@ def test_trainers_die_with_a_killed_launcher(config_file, tmp_path):
 
 
 def test_an_exception_on_one_process_ends_the_job(config_file, tmp_path):
-  """Process 0 alone raises (metrics.jsonl is a directory) while process 1
-  waits in the next step's collective: the launcher exits non-zero within
-  seconds, names process 0 and repeats its error."""
+  """Process 0 alone raises (its TensorBoard folder is a file, so opening
+  the event file fails) while process 1 waits in the first step's
+  collective: the launcher exits non-zero within seconds, names process 0
+  and repeats its error."""
   workdir = tmp_path / "workdir"
-  (workdir / "metrics.jsonl").mkdir(parents=True)
+  workdir.mkdir()
+  (workdir / "tensorboard").write_text("not a folder")
   log = tmp_path / "launch.log"
   launcher = _start_launcher(config_file, workdir, log, *ENDLESS,
                              "--config.log_every=1")
   pids = []
   try:
-    out = _wait_for(log, "[0] IsADirectoryError", launcher)
+    out = _wait_for(log, "[0] NotADirectoryError", launcher)
     pids = _child_pids(out)
     raised = time.time()
     rc = launcher.wait(timeout=BOUND_S + 5)
@@ -303,7 +305,7 @@ def test_an_exception_on_one_process_ends_the_job(config_file, tmp_path):
     assert elapsed < BOUND_S, out[-3000:]
     assert "[launch] process 0 exited with exit code 1" in out
     summary = out[out.index("[launch] process 0 failed first"):]
-    assert "[launch] [0] IsADirectoryError" in summary, summary
+    assert "[launch] [0] NotADirectoryError" in summary, summary
     assert not any(_alive(p) for p in pids)
   finally:
     _kill_leftovers(launcher, pids)

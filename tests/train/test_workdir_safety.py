@@ -336,6 +336,14 @@ def test_a_checkpoints_file_is_a_one_line_error(tmp_path):
     loop.evaluate(train_testlib.tiny_config(), str(workdir))
 
 
+def test_a_metrics_folder_is_a_one_line_error(tmp_path):
+  workdir = tmp_path / "run"
+  (workdir / "metrics.jsonl").mkdir(parents=True)
+  with pytest.raises(WorkdirError, match="metrics.jsonl is a folder, not the "
+                     "run's metrics file"):
+    loop.train(train_testlib.tiny_config(), str(workdir))
+
+
 # Evaluation --------------------------------------------------------------------
 
 
