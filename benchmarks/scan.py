@@ -282,14 +282,6 @@ def measure_copy_bandwidth(runs) -> dict[str, float]:
 # ----------------------------------------------------------------------------
 
 
-def _rel_err(got, want) -> float:
-  got = np.asarray(got, np.float64)
-  want = np.asarray(want, np.float64)
-  if not np.all(np.isfinite(got)):
-    return float("inf")
-  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
-
-
 CHECK_VARIANTS = {
     "walk": dict(variant="walk"),
     "chunked": dict(variant="chunked"),
@@ -331,7 +323,7 @@ def check_correctness(variants=("walk", "chunked"), rg_lru_too=True,
     grads = vjp((dy, dh))
     want = reference.numpy_scan(x, a, h0, reverse=reverse)
     want_grads = reference.numpy_scan_vjp(x, a, h0, dy, dh, reverse=reverse)
-    errs = [_rel_err(g, w) for g, w in zip((y, h_last, *grads),
+    errs = [reference.relative_error(g, w) for g, w in zip((y, h_last, *grads),
                                            (*want, *want_grads))]
     tol = 2e-6 if dtype == jnp.float32 else 1e-2
     passed = max(errs) < tol
@@ -366,7 +358,7 @@ def check_correctness(variants=("walk", "chunked"), rg_lru_too=True,
     got, got_vjp = jax.vjp(jax.jit(fused), *args)
     want, want_vjp = jax.vjp(jax.jit(unfused_f32), *args)
     cts = (s["dy"], jnp.ones(got[1].shape, jnp.float32))
-    errs = [_rel_err(g, w) for g, w in zip(
+    errs = [reference.relative_error(g, w) for g, w in zip(
         (*got, *got_vjp(cts)),
         (*want, *want_vjp((f32(cts[0]), cts[1]))))]
     tol = 1e-4 if dtype == jnp.float32 else 1e-2

@@ -129,3 +129,14 @@ def numpy_scan_vjp(
   da = dx * h_prev
   dh0 = a[:, 0] * dx[:, 0]
   return dx, da, dh0
+
+
+def relative_error(got, want) -> float:
+  """`|got - want| / |want|` in float64 (Frobenius norms), or inf when
+  `got` holds a non-finite value: how kernels are checked against the
+  float64 oracles."""
+  got = np.asarray(got, np.float64)
+  want = np.asarray(want, np.float64)
+  if not np.all(np.isfinite(got)):
+    return float("inf")
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))

@@ -20,13 +20,6 @@ from pallas_kernels import reference
 INTERPRET = jax.default_backend() != "gpu"
 
 
-def _rel_err(got, want) -> float:
-  got = np.asarray(got, np.float64)
-  want = np.asarray(want, np.float64)
-  assert np.all(np.isfinite(got)), "non-finite output"
-  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-
-
 def _inputs(rng, b, t, d, x_dtype, a_dtype, resets):
   x = jnp.asarray(rng.standard_normal((b, t, d)), x_dtype)
   a = rng.uniform(0.3, 1.02, (b, t, d))
@@ -58,10 +51,10 @@ def _check_against_oracle(b, t, d, x_dtype, a_dtype, reverse, options,
   want_grads = reference.numpy_scan_vjp(x, a, h0, dy, dh_last,
                                         reverse=reverse)
   tol = 1e-2 if jnp.bfloat16 in (x_dtype, a_dtype) else 2e-6
-  assert _rel_err(y, want_y) < tol
-  assert _rel_err(h_last, want_h) < tol
+  assert reference.relative_error(y, want_y) < tol
+  assert reference.relative_error(h_last, want_h) < tol
   for got, want in zip((dx, da, dh0), want_grads):
-    assert _rel_err(got, want) < tol
+    assert reference.relative_error(got, want) < tol
 
 
 # (B, T, D, x dtype, a dtype, reverse, options). T is prime or below one

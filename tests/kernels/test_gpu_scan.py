@@ -18,13 +18,6 @@ from pallas_kernels.rg_lru import rg_lru_reference
 INTERPRET = jax.default_backend() != "gpu"
 
 
-def _rel_err(got, want) -> float:
-  got = np.asarray(got, np.float64)
-  want = np.asarray(want, np.float64)
-  assert np.all(np.isfinite(got)), "non-finite output"
-  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-
-
 def _tolerance(*dtypes) -> float:
   # float32: rounding of a few hundred FMAs. bfloat16: y (the saved state)
   # and every output are rounded to 8 mantissa bits.
@@ -89,10 +82,10 @@ def test_scan_matches_float64_oracle(
       x, a, h0_arg, dy, dh_last, reverse=reverse
   )
   tol = _tolerance(x_dtype, a_dtype)
-  assert _rel_err(y, want_y) < tol
-  assert _rel_err(h_last, want_h) < tol
+  assert reference.relative_error(y, want_y) < tol
+  assert reference.relative_error(h_last, want_h) < tol
   for got, want in zip((dx, da, dh0), want_grads):
-    assert _rel_err(got, want) < tol
+    assert reference.relative_error(got, want) < tol
 
 
 def test_scan_without_h0_under_jit():
@@ -117,8 +110,8 @@ def test_scan_without_h0_under_jit():
   np.testing.assert_allclose(
       value, np.sum(want_y * np.asarray(dy, np.float64)), rtol=1e-5
   )
-  assert _rel_err(dx, want_dx) < 2e-6
-  assert _rel_err(da, want_da) < 2e-6
+  assert reference.relative_error(dx, want_dx) < 2e-6
+  assert reference.relative_error(da, want_da) < 2e-6
 
 
 def _rg_lru_inputs(rng, b, t, d, dtype):
@@ -172,9 +165,9 @@ def test_fused_rg_lru_matches_reference(b, t, d, dtype, options):
   assert [g.dtype for g in got_grads] == [a.dtype for a in args]
   tol = 2e-5 if dtype == jnp.float32 else 1e-2
   for g, w in zip(got, want):
-    assert _rel_err(g, w) < tol
+    assert reference.relative_error(g, w) < tol
   for g, w in zip(got_grads, want_grads):
-    assert _rel_err(g, w) < tol
+    assert reference.relative_error(g, w) < tol
 
 
 def test_rg_lru_dispatches_to_fused_kernel():
@@ -188,8 +181,8 @@ def test_rg_lru_dispatches_to_fused_kernel():
   want_y, want_h = rg_lru_reference(
       x, gx, ga, a_param, reset, impl="sequential"
   )
-  assert _rel_err(y, want_y) < 2e-5
-  assert _rel_err(h_last, want_h) < 2e-5
+  assert reference.relative_error(y, want_y) < 2e-5
+  assert reference.relative_error(h_last, want_h) < 2e-5
 
 
 def test_auto_picks_pallas_gpu_only_on_gpu():
