@@ -48,11 +48,11 @@ corpus is prepared in under a second), 6 in an earlier run; full
 (estimate).
 """
 
+from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
 
-MODELS = ("griffin", "hawk", "mqa")
 SIZES = ("100m", "small")
 
 
@@ -61,8 +61,9 @@ def get_config(arg=None):
                              max_bytes=0, dataset="", files="", data_dir="",
                              tokenizer="bytes", model="griffin",
                              size="100m", runlocal=False)
-  if arg.model not in MODELS:
-    raise ConfigError(f"model={arg.model!r} is not one of {', '.join(MODELS)}")
+  if arg.model not in presets.MODEL_KINDS:
+    raise ConfigError(f"model={arg.model!r} is not one of "
+                      f"{', '.join(presets.MODEL_KINDS)}")
   if arg.size not in SIZES:
     raise ConfigError(f"size={arg.size!r} is not one of {', '.join(SIZES)}")
   if arg.corpus not in ("", "python"):

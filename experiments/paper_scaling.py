@@ -32,6 +32,7 @@ Runtime: 400m on a v5p-64 slice, a few hours (estimate from the FLOP count
 in docs/flops.md at 40% MFU); runlocal, about 1 minute on 2 CPU cores.
 """
 
+from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
@@ -45,15 +46,15 @@ BUDGETS = {
     "7b": (132e9, 3e-4, 4),
     "14b": (300e9, 2e-4, 8),
 }
-MODELS = ("griffin", "hawk", "mqa")
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model="griffin", size="400m",
                              dataset="c4/en:3.1.0", data_dir="",
                              tokenizer="bytes", runlocal=False)
-  if arg.model not in MODELS:
-    raise ConfigError(f"model={arg.model!r} is not one of {', '.join(MODELS)}")
+  if arg.model not in presets.MODEL_KINDS:
+    raise ConfigError(f"model={arg.model!r} is not one of "
+                      f"{', '.join(presets.MODEL_KINDS)}")
   if arg.size not in BUDGETS:
     raise ConfigError(
         f"size={arg.size!r} is not one of {', '.join(BUDGETS)}")

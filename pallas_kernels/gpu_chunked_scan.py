@@ -30,7 +30,7 @@ Any B, T >= 1 and D work: steps past T (the last chunk's tail) load as the
 identity (x = 0, a = 1) and are not stored; columns past D are masked.
 Accumulation is float32. `interpret=True` runs the same kernels on CPU.
 `gpu_lookback_scan` holds a one-pass variant (chunks chained by decoupled
-look-back) that is not yet working on the H200 and is opt-in.
+look-back), experimental and opt-in.
 """
 
 from __future__ import annotations
@@ -62,8 +62,6 @@ class ChunkedScanConfig:
       to this many summaries per program).
     pipeline: load the next rows while computing the current ones.
     num_warps: warps per program.
-    lookback: run the one-pass look-back kernels of `gpu_lookback_scan`
-      instead (experimental; see that module).
   """
 
   block_d: int = 64
@@ -74,7 +72,6 @@ class ChunkedScanConfig:
   max_splits: int = 32
   pipeline: bool = True
   num_warps: int = 1
-  lookback: bool = False
 
   def __post_init__(self):
     if self.block_d < 32 or self.block_d & (self.block_d - 1):
@@ -144,17 +141,8 @@ def both(mask_a, mask_b):
   return mask_b if mask_a is None else mask_a & mask_b
 
 
-def load(ref, mask, other) -> jax.Array:
-  """A `[block_d]` row in the ref's dtype; masked lanes read `other`."""
-  if mask is None:
-    return plgpu.load(ref)
-  return plgpu.load(ref, mask=mask, other=other)
-
-
-def walk_row(step, length: int, backward: bool):
-  """Time row of walk step `step`, clipped into [0, T) (masked if outside)."""
-  row = length - 1 - step if backward else step
-  return jnp.clip(row, 0, length - 1)
+load = gpu_scan.load
+walk_row = functools.partial(gpu_scan.time_index, clip=True)
 
 
 def compose(carry, xs, gates):
@@ -221,12 +209,21 @@ def start_state(tile: Tile, inputs, direction: Direction):
                            tile.col_mask(), 0))
 
 
+def forward_h0(tile: Tile, inputs, direction: Direction):
+  """The backward pass's `h0` (the state before the scan's first step, the
+  walk's last), loaded once per program; None for the forward pass."""
+  if direction.forward:
+    return None
+  return gpu_scan.f32(load(inputs["h0"].at[tile.b, tile.cols],
+                           tile.col_mask(), 0))
+
+
 def emit_rows(tile: Tile, direction: Direction, inputs, outputs, steps, xs,
-              gates, h, length):
+              gates, h, length, h0=None):
   """Rescans rows from state `h`, stores their outputs, returns the state.
 
   Forward: `y`. Backward: `dx` and `da` (reading `y` one walk step on as
-  `h_{t-1}`, and `h0` at the walk's last step).
+  `h_{t-1}`, and `h0 = forward_h0(...)` at the walk's last step).
   """
   masks = [tile.row_mask(s, length) for s in steps]
   rows = [walk_row(s, length, direction.backward_in_time) for s in steps]
@@ -235,8 +232,6 @@ def emit_rows(tile: Tile, direction: Direction, inputs, outputs, steps, xs,
       h = gpu_scan.f32(a) * h + gpu_scan.f32(x)
       gpu_scan.store(outputs["y"].at[tile.b, t, tile.cols], h, m)
     return h
-  h0 = gpu_scan.f32(load(inputs["h0"].at[tile.b, tile.cols], tile.col_mask(),
-                         0))
   prevs = []
   for s, m in zip(steps, masks):
     has_prev = s + 1 < length
@@ -327,10 +322,11 @@ def _rescan_kernel(*refs, direction, in_names, out_names, length,
 
   h = jax.lax.fori_loop(0, tile.k, enter, start_state(tile, inputs,
                                                       direction))
+  h0 = forward_h0(tile, inputs, direction)
   h = _walk_chunk(
       tile, direction, inputs, length, steps_per_chunk, chunk, h,
       lambda steps, xs, gates, h: emit_rows(
-          tile, direction, inputs, outputs, steps, xs, gates, h, length),
+          tile, direction, inputs, outputs, steps, xs, gates, h, length, h0),
       config.pipeline)
   is_last = tile.k == pl.num_programs(0) - 1
   emit_final(tile, direction, inputs, outputs, h, is_last, length)
@@ -378,26 +374,16 @@ def backward_io(a, y, h0, dy, dh_last, x_dtype):
                dh0=jax.ShapeDtypeStruct((batch, width), jnp.float32)))
 
 
-def _run_variant(direction, io, chunk, interpret, config, name):
-  if config.lookback:
-    from pallas_kernels import gpu_lookback_scan  # pylint: disable=g-import-not-at-top
-    return gpu_lookback_scan.run(direction, *io, chunk, interpret, config,
-                                 name.replace("chunked", "lookback"))
-  return _run(direction, *io, chunk, interpret, config, name)
-
-
 def _scan_forward(x, a, h0, reverse, interpret, config):
-  return _run_variant(forward_direction(reverse), forward_io(x, a, h0),
-                      config.chunk, interpret, config,
-                      "linear_scan_chunked_fwd")
+  return _run(forward_direction(reverse), *forward_io(x, a, h0),
+              config.chunk, interpret, config, "linear_scan_chunked_fwd")
 
 
 def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret,
                    config):
-  return _run_variant(backward_direction(reverse),
-                      backward_io(a, y, h0, dy, dh_last, x_dtype),
-                      config.bwd_chunk, interpret, config,
-                      "linear_scan_chunked_bwd")
+  return _run(backward_direction(reverse),
+              *backward_io(a, y, h0, dy, dh_last, x_dtype),
+              config.bwd_chunk, interpret, config, "linear_scan_chunked_bwd")
 
 
 # `(y, h_last)` of the scan; `h0` float32 `[B, D]`, config a

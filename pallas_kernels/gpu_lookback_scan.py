@@ -1,11 +1,17 @@
 """Experimental one-pass time-parallel GPU scan: chunks chained by look-back.
 
-Status (H200, jax 0.11.2, 2026-12-01): correct in interpret mode, but on
-the GPU the look-back never sees its predecessors' published statuses: every
-waiting program exhausts `max_polls` and writes NaN (docs/benchmarks.md).
-It is therefore opt-in (`variant="chunked", lookback=True`) and refuses to
-run compiled unless `RG_EXPERIMENTAL_LOOKBACK=1` is set. The two-pass
-kernels of `gpu_chunked_scan` are the working time-parallel scan.
+Status (H200, jax 0.11.2, 2026-12-01): correct in interpret mode; on the
+GPU the first versions wrote NaN (docs/benchmarks.md). The likely cause,
+found in review after the device time was spent: chunk 0 published its
+chunk map (status 1) before its inclusive state (status 2), so a reader
+that saw status 1 composed it and walked back to chunk -1, before the
+buffers, where no status ever appears. Chunk 0 now publishes only its
+inclusive state, and a walk that reaches chunk -1 ends at `h0`. Not yet
+re-measured on a GPU, so this variant stays opt-in (`variant="lookback"`)
+and refuses to run compiled unless `RG_EXPERIMENTAL_LOOKBACK=1` is set. The
+two-pass kernels of `gpu_chunked_scan` are the working time-parallel scan.
+In interpret mode programs run one after another in grid order, so the
+tests there cannot exercise the protocol's races.
 
 The idea (the memory floor in one pass): each program owns one tile,
 `chunk` time steps of one batch row and `block_d` features, and
@@ -29,6 +35,7 @@ so each thread orders only its own accesses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -38,13 +45,37 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import gpu_chunked_scan as chunked
+from pallas_kernels import gpu_scan
 
 _AGGREGATE, _INCLUSIVE = 1, 2
-# The defaults of this variant: rows held in registers (2 per step and
-# feature), so narrower tiles than the two-pass kernels'.
-DEFAULTS = dict(block_d=32, chunk=64, bwd_chunk=32)
 ENABLE_VARIABLE = "RG_EXPERIMENTAL_LOOKBACK"
 MAX_POLLS = 1 << 22  # polls of one pending chunk before giving up (NaN)
+
+
+@dataclasses.dataclass(frozen=True)
+class LookbackScanConfig:
+  """Tiles of the look-back kernels.
+
+  Attributes:
+    block_d: features per program (a power of 2, at least 32).
+    chunk: time steps per forward tile, all held in registers (2 values per
+      step and feature).
+    bwd_chunk: the same for the backward kernel.
+    num_warps: warps per program.
+  """
+
+  block_d: int = 32
+  chunk: int = 64
+  bwd_chunk: int = 32
+  num_warps: int = 1
+
+  def __post_init__(self):
+    if self.block_d < 32 or self.block_d & (self.block_d - 1):
+      raise ValueError(
+          f"block_d must be a power of 2 >= 32, got {self.block_d}")
+    if self.chunk < 1 or self.bwd_chunk < 1:
+      raise ValueError(
+          f"chunks must be positive, got {self.chunk}, {self.bwd_chunk}")
 
 
 def _claim_tile(counter_ref, batch: int, width: int,
@@ -73,7 +104,9 @@ def _publish(tile, flags_ref, values, status: int):
 def _state_entering_chunk(tile, h_start, flags_ref, agg_a_ref, agg_b_ref,
                           incl_ref):
   """The state entering the tile's chunk, by decoupled look-back (NaN if
-  a predecessor stays silent for MAX_POLLS polls)."""
+  a predecessor stays silent for MAX_POLLS polls). Walking past chunk 0
+  (which publishes only its inclusive state, so this should not happen)
+  ends at `h_start`."""
   block_d = tile.block_d
   first = (tile.k == 0).astype(jnp.int32)
 
@@ -82,11 +115,15 @@ def _state_entering_chunk(tile, h_start, flags_ref, agg_a_ref, agg_b_ref,
 
   def look_back(state):
     j, s_a, s_b, done, h, polls = state
-    index = tile.summary_index(j)
+    before_start = j < 0
+    index = tile.summary_index(jnp.maximum(j, 0))
     status = plgpu.atomic_add(flags_ref, index,
                               jnp.zeros((block_d,), jnp.float32))
+    # Before chunk 0 the state is h_start, "published" from the outset.
+    status = jnp.where(before_start, float(_INCLUSIVE), status)
     ready = jnp.min(status) > 0
-    inclusive = plgpu.load(incl_ref.at[index], volatile=True)
+    inclusive = jnp.where(before_start, h_start,
+                          plgpu.load(incl_ref.at[index], volatile=True))
     chunk_a = plgpu.load(agg_a_ref.at[index], volatile=True)
     chunk_b = plgpu.load(agg_b_ref.at[index], volatile=True)
     open_lane = ready & (done == 0)
@@ -121,21 +158,27 @@ def _kernel(*refs, direction, in_names, out_names, length, chunk, block_d):
   xs, gates = direction.inputs_of(tile, inputs, steps, length)
   ones = jnp.ones((block_d,), jnp.float32)
   chunk_a, chunk_b = chunked.compose((ones, jnp.zeros_like(ones)), xs, gates)
-  _publish(tile, flags_ref, [(agg_a_ref, chunk_a), (agg_b_ref, chunk_b)],
-           _AGGREGATE)
-  h = _state_entering_chunk(tile, chunked.start_state(tile, inputs, direction),
-                            flags_ref, agg_a_ref, agg_b_ref, incl_ref)
+  h_start = chunked.start_state(tile, inputs, direction)
+
+  # Chunk 0 knows its inclusive state at once and publishes only that:
+  # a reader that composed its map would have to walk on to chunk -1.
+  @pl.when(tile.k > 0)
+  def _():
+    _publish(tile, flags_ref, [(agg_a_ref, chunk_a), (agg_b_ref, chunk_b)],
+             _AGGREGATE)
+
+  h = _state_entering_chunk(tile, h_start, flags_ref, agg_a_ref, agg_b_ref,
+                            incl_ref)
   _publish(tile, flags_ref, [(incl_ref, chunk_a * h + chunk_b)], _INCLUSIVE)
   h = chunked.emit_rows(tile, direction, inputs, outputs, steps, xs, gates,
-                        h, length)
+                        h, length, chunked.forward_h0(tile, inputs, direction))
   chunked.emit_final(tile, direction, inputs, outputs, h,
                      tile.k == pl.cdiv(length, chunk) - 1, length)
 
 
-def run(direction, inputs: dict, outputs: dict, chunk, interpret, config,
-        name):
-  """One direction of the scan (`gpu_chunked_scan.forward_io` /
-  `backward_io` give `inputs` and `outputs`); returns its outputs."""
+def _run(direction, inputs: dict, outputs: dict, chunk, interpret, config,
+         name):
+  """One direction of the scan over all tiles; returns its outputs."""
   if not interpret and os.environ.get(ENABLE_VARIABLE) != "1":
     raise NotImplementedError(
         "the look-back scan (lookback=True) does not yet work on GPUs; set "
@@ -160,3 +203,21 @@ def run(direction, inputs: dict, outputs: dict, chunk, interpret, config,
   )(*inputs.values(), jnp.zeros((1,), jnp.int32), jnp.zeros(padded,
                                                             jnp.float32))
   return results[:n_out]
+
+
+def _scan_forward(x, a, h0, reverse, interpret, config):
+  return _run(chunked.forward_direction(reverse),
+              *chunked.forward_io(x, a, h0), config.chunk, interpret, config,
+              "linear_scan_lookback_fwd")
+
+
+def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret,
+                   config):
+  return _run(chunked.backward_direction(reverse),
+              *chunked.backward_io(a, y, h0, dy, dh_last, x_dtype),
+              config.bwd_chunk, interpret, config, "linear_scan_lookback_bwd")
+
+
+# `(y, h_last)` of the scan; `h0` float32 `[B, D]`, config a
+# `LookbackScanConfig`. Differentiable in x, a and h0.
+lookback_scan = gpu_scan.differentiable_scan(_scan_forward, _scan_backward)

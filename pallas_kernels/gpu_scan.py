@@ -119,15 +119,16 @@ def feature_block(width: int, block_d: int):
   return cols, start + jnp.arange(block_d, dtype=jnp.int32) < width
 
 
-def load(ref, mask) -> jax.Array:
-  """Loads a `[block_d]` row in the ref's dtype (masked columns read 0).
+def load(ref, mask, other=0) -> jax.Array:
+  """Loads a `[block_d]` row in the ref's dtype (masked lanes read
+  `other`).
 
   Values stay in their storage dtype until used, so that rows in flight
   take as few registers as possible.
   """
   if mask is None:
     return plgpu.load(ref)
-  return plgpu.load(ref, mask=mask, other=0)
+  return plgpu.load(ref, mask=mask, other=other)
 
 
 def f32(value: jax.Array) -> jax.Array:
@@ -139,9 +140,12 @@ def store(ref, value: jax.Array, mask) -> None:
   plgpu.store(ref, value.astype(ref.dtype), mask=mask)
 
 
-def time_index(step, length: int, backward: bool):
-  """Time row of walk step `step` (walking from T-1 down when `backward`)."""
-  return length - 1 - step if backward else step
+def time_index(step, length: int, backward: bool, clip: bool = False):
+  """Time row of walk step `step` (walking from T-1 down when `backward`);
+  with `clip`, kept inside [0, T) for steps past either end (whose loads
+  and stores are masked)."""
+  row = length - 1 - step if backward else step
+  return jnp.clip(row, 0, length - 1) if clip else row
 
 
 def walk_time(
@@ -336,7 +340,7 @@ def differentiable_scan(scan_forward, scan_backward):
 _scan = differentiable_scan(_scan_forward, _scan_backward)
 
 
-VARIANTS = ("auto", "walk", "chunked")
+VARIANTS = ("auto", "walk", "chunked", "lookback")
 
 
 def choose_variant(batch: int, length: int, width: int) -> str:
@@ -366,7 +370,6 @@ def pallas_gpu_scan(
     num_warps: int | None = None,
     num_stages: int | None = None,
     splits: int | None = None,
-    lookback: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Differentiable linear scan on GPU (the `pallas_gpu` impl).
 
@@ -377,14 +380,14 @@ def pallas_gpu_scan(
     reverse: scan from the last time step to the first.
     interpret: run the Pallas kernels in interpret mode (CPU).
     variant: "walk" (one program walks all T steps of its features, this
-      module), "chunked" (time split into chunks too, `gpu_chunked_scan`)
-      or "auto" (`choose_variant`).
-    block_d, chunk, bwd_chunk, pipeline, num_warps: overrides of the chosen
-      variant's config (`ScanConfig` or `ChunkedScanConfig`; None keeps
-      the default).
-    num_stages: `ScanConfig` override (walk only).
-    splits, lookback: `ChunkedScanConfig` overrides (chunked only;
-      `lookback=True` is experimental, see `gpu_lookback_scan`).
+      module), "chunked" (time split into chunks too, two passes,
+      `gpu_chunked_scan`), "lookback" (one pass, experimental,
+      `gpu_lookback_scan`) or "auto" (`choose_variant`).
+    block_d, chunk, bwd_chunk, num_warps: overrides of the chosen
+      variant's config (`ScanConfig`, `ChunkedScanConfig` or
+      `LookbackScanConfig`; None keeps the default).
+    pipeline: override for "walk" and "chunked".
+    num_stages: override for "walk"; splits: for "chunked".
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
@@ -399,18 +402,23 @@ def pallas_gpu_scan(
   if variant == "auto":
     variant = choose_variant(batch, length, width)
   h0 = h0.astype(jnp.float32)
-  if variant == "chunked":
-    if num_stages is not None:
-      raise TypeError("num_stages applies to variant='walk' only")
-    overrides = dict(gpu_lookback_scan.DEFAULTS) if lookback else {}
-    overrides.update({k: v for k, v in dict(
-        block_d=block_d, chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,
-        num_warps=num_warps, splits=splits, lookback=lookback).items()
-                      if v is not None})
-    config = gpu_chunked_scan.ChunkedScanConfig(**overrides)
-    return gpu_chunked_scan.chunked_scan(x, a, h0, reverse, interpret, config)
-  if splits is not None or lookback is not None:
-    raise TypeError("splits and lookback apply to variant='chunked' only")
+  given = {k: v for k, v in dict(
+      block_d=block_d, chunk=chunk, bwd_chunk=bwd_chunk, num_warps=num_warps,
+      pipeline=pipeline, num_stages=num_stages, splits=splits).items()
+            if v is not None}
+  if variant != "walk":
+    configs = {"chunked": gpu_chunked_scan.ChunkedScanConfig,
+               "lookback": gpu_lookback_scan.LookbackScanConfig}
+    fields = {f.name for f in dataclasses.fields(configs[variant])}
+    if set(given) - fields:
+      raise TypeError(f"{sorted(set(given) - fields)} do not apply to "
+                      f"variant={variant!r} (its options: {sorted(fields)})")
+    config = configs[variant](**given)
+    scan = (gpu_chunked_scan.chunked_scan if variant == "chunked"
+            else gpu_lookback_scan.lookback_scan)
+    return scan(x, a, h0, reverse, interpret, config)
+  if splits is not None:
+    raise TypeError("splits applies to variant='chunked' only")
   config = resolve_config(
       batch, width, ScanConfig(), block_d=block_d,
       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,

@@ -103,7 +103,8 @@ def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
   """Ends this process within `poll_s` once `parent_pid` is no longer its
   parent (the launcher died, even by SIGKILL, and this one was re-parented).
 
-  The fallback for systems without Linux's PR_SET_PDEATHSIG: a daemon thread
+  Started whenever the launcher sets RG_PARENT_PID, besides Linux's
+  PR_SET_PDEATHSIG (which covers only the child's own parent): a daemon thread
   polls `os.getppid()`.
   """
 

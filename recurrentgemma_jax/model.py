@@ -155,6 +155,7 @@ def _remat_block(block, x, segment_pos, positions, doc_ids, policy: str):
 
 def _check_inputs(tokens, segment_pos, config: GriffinConfig):
   """Rejects malformed inputs with a message, before any tracing work."""
+  host_ids = tokens if not isinstance(tokens, jax.Array) else None
   tokens = jnp.asarray(tokens)
   segment_pos = jnp.asarray(segment_pos)
   if tokens.ndim != 2:
@@ -172,7 +173,9 @@ def _check_inputs(tokens, segment_pos, config: GriffinConfig):
     )
   if tokens.shape[1] == 0:
     raise ValueError("tokens must hold at least one time step")
-  if _is_concrete(tokens):
+  if host_ids is not None:  # read on the host, before it went to the device
+    check_token_ids(host_ids, config.vocab_size)
+  elif _is_concrete(tokens):  # an eager device array: one device-host copy
     check_token_ids(tokens, config.vocab_size)
   return tokens, segment_pos.astype(jnp.int32)
 

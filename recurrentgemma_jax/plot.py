@@ -15,36 +15,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 
 from etils import epath
+
+from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.training import metrics as metrics_lib
 
 PANELS = (("loss", "loss (nats / token)"), ("accuracy", "accuracy"))
 
 
 def read_metrics(workdir: str) -> dict[str, dict[int, float]]:
-  """`{"train/loss": {step: value}, ...}` from `workdir/metrics.jsonl`."""
-  path = epath.Path(workdir) / "metrics.jsonl"
-  if not path.exists():
+  """`{"train/loss": {step: value}, ...}` from `workdir/metrics.jsonl`
+  (bad lines skipped with a warning: `metrics.read_records`)."""
+  if not (epath.Path(workdir) / metrics_lib.METRICS_FILE).exists():
     raise FileNotFoundError(f"no metrics.jsonl in {workdir}")
   series: dict[str, dict[int, float]] = {}
-  lines = path.read_bytes().splitlines()
-  for number, raw in enumerate(lines, 1):
-    if not raw.strip():
-      continue
-    try:
-      record = json.loads(raw.decode("utf-8"))
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-      problem = str(e)
-    else:
-      step = record.pop("step", None) if isinstance(record, dict) else None
-      problem = (None if isinstance(step, int) and not isinstance(step, bool)
-                 else "not a record with an integer step")
-    if problem:
-      warnings.warn(f"{path}:{number}: skipped a bad line ({problem})",
-                    stacklevel=2)
-      continue
+  for record in metrics_lib.read_records(workdir, warn=True):
+    step = record.pop("step")
     for name, value in record.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool):
         series.setdefault(name, {})[step] = value
@@ -130,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   try:
     print(plot(args.workdirs, args.out))
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

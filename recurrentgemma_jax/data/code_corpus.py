@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import platform
 import sysconfig
@@ -42,6 +41,7 @@ from typing import Any
 
 from etils import epath
 
+from recurrentgemma_jax import files as files_lib
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import local_text
 
@@ -205,7 +205,5 @@ def prepare_python_corpus(
                    "validation": _split_record(validation)},
         "skipped": skipped,
     }
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(path)
+    files_lib.write_json_atomic(path, manifest)
   return builder

@@ -334,6 +334,7 @@ class Checkpointer:
     manager = self._get_manager()
     if step in manager.all_steps():
       return
+    self._errors.first = None  # a cause logged now belongs to this save
     try:
       manager.save(
           step,

@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.config import block_pattern
@@ -51,7 +52,17 @@ def model_config(preset: str = "", **values) -> ml_collections.ConfigDict:
     **values: any of `MODEL_OVERRIDES`, `kind` ("griffin", "hawk", "mqa")
       and `depth` (these two set `block_types`), and the compute fields
       dtype, param_dtype, scan_impl, fused_rg_lru, remat.
+
+  Raises:
+    ConfigError: an unknown preset or kind, here in the experiment file,
+      before any data is prepared.
   """
+  if preset:
+    presets.get(preset)
+  kind = values.get("kind", "")
+  if kind and kind not in presets.MODEL_KINDS:
+    raise ConfigError(f"model.kind={kind!r} is not one of "
+                      f"{', '.join(presets.MODEL_KINDS)}")
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.kind = ""

@@ -44,13 +44,13 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from recurrentgemma_jax import files
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import loop
 from recurrentgemma_jax.training import metrics as metrics_lib
 
-RESULT_FILE = "length_eval.json"  # reproduce.py's (result_file=)
 
 
 def default_result_file(step: int, multipliers: Sequence[int], examples: int,
@@ -159,13 +159,9 @@ def evaluate_lengths(
               "per_position": bool(per_position)}
   if result_file is not None:
     _check_result_file(workdir, result_file, settings)
-  exp = loop.setup(config, workdir)
+  exp = loop.setup(config, workdir, read_only=True)
   try:
-    step = exp.checkpointer.latest_step() if step is None else step
-    if step is None or step not in exp.checkpointer.complete_steps():
-      where = "" if step is None else f" at step {step}"
-      raise ConfigError(f"no complete checkpoint{where} in "
-                        f"{exp.checkpointer.directory}")
+    step = loop.readable_checkpoint(exp, step)
     params = exp.checkpointer.restore(step, exp.spec.abstract)["params"]
   finally:
     exp.checkpointer.close()
@@ -195,7 +191,7 @@ def evaluate_lengths(
     name = result_file or default_result_file(step, multipliers, examples,
                                               per_position)
     path = os.path.join(exp.workdir, name)
-    write_json_atomic(path, result)
+    files.write_json_atomic(path, result)
     metrics_lib.log(f"wrote {path}")
   return result
 
@@ -238,12 +234,3 @@ def _score(fn, params, exp: loop.Experiment, config: ml_collections.ConfigDict,
                                 for x in mean]
     row["per_position_tokens"] = pos_tokens.tolist()
   return row
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename, so a
-  reader never sees half a file (also on `gs://`, where rename copies)."""
-  target = epath.Path(path)
-  tmp = target.parent / f".{target.name}.tmp"
-  tmp.write_text(json.dumps(value, indent=1))
-  tmp.replace(target)

@@ -564,6 +564,18 @@ def evaluate(config: Any, workdir: str, step: int | None = None
   if exp.config.eval_batches == 0:
     raise ConfigError("eval_batches=0 means no evaluation: set eval_batches "
                       ">= 1 (e.g. --config.eval_batches=4)")
+  step = readable_checkpoint(exp, step)
+  return {"step": step, **_evaluate_checkpoint(exp, step)}
+
+
+def readable_checkpoint(exp: Experiment, step: int | None = None) -> int:
+  """`step` (by default the newest complete checkpoint), checked to exist
+  and to be intact, for read-only users (evaluate, length_eval).
+
+  Raises:
+    ConfigError: there is no such complete checkpoint.
+    WorkdirError: it is damaged (files missing, or not this model's).
+  """
   steps = exp.checkpointer.complete_steps()
   step = (steps[-1] if steps else None) if step is None else step
   if step is None or step not in steps:
@@ -574,7 +586,7 @@ def evaluate(config: Any, workdir: str, step: int | None = None
   if problem:
     raise WorkdirError(f"checkpoint step {step} in "
                        f"{exp.checkpointer.directory} is damaged: {problem}")
-  return {"step": step, **_evaluate_checkpoint(exp, step)}
+  return step
 
 
 def _evaluate_checkpoint(exp: Experiment, step: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 
 from etils import epath
@@ -89,22 +90,32 @@ def _ends_torn(path: epath.Path) -> bool:
     return False
 
 
-def read_records(workdir: str) -> list[dict]:
-  """The records of `workdir/metrics.jsonl` in file order (torn or
-  unreadable lines skipped; none when there is no file)."""
+def read_records(workdir: str, *, warn: bool = False) -> list[dict]:
+  """The records of `workdir/metrics.jsonl` in file order; none when there
+  is no file. Torn, non-UTF-8 or non-record lines (a run killed while
+  writing) are skipped, with a warning naming `file:line` when `warn`."""
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   if path.is_dir():
     raise WorkdirError(f"{path} is a folder, not the run's metrics file")
   out = []
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:
+  for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+    if not raw.strip():
       continue
-    if isinstance(record, dict) and isinstance(record.get("step"), int):
+    try:
+      record = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      problem = str(e)
+    else:
+      step = record.get("step") if isinstance(record, dict) else None
+      problem = (None if isinstance(step, int) and not isinstance(step, bool)
+                 else "not a record with an integer step")
+    if problem is None:
       out.append(record)
+    elif warn:
+      warnings.warn(f"{path}:{number}: skipped a bad line ({problem})",
+                    stacklevel=2)
   return out
 
 

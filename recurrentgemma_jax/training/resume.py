@@ -30,6 +30,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from recurrentgemma_jax import files
 from recurrentgemma_jax.training import checkpointing
 from recurrentgemma_jax.training import metrics as metrics_lib
 from recurrentgemma_jax.training.workdir import WorkdirError
@@ -157,14 +158,8 @@ def record(workdir: str, config: ml_collections.ConfigDict,
     text = history.read_text() if history.exists() else ""
     if text and not text.endswith("\n"):
       text += "\n"
-    _write_atomic(history, text + json.dumps(entry) + "\n")
-  _write_atomic(root / CONFIG_FILE, config.to_json_best_effort(indent=2))
-
-
-def _write_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text(text)
-  tmp.replace(path)
+    files.write_text_atomic(history, text + json.dumps(entry) + "\n")
+  files.write_text_atomic(root / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,7 +105,9 @@ def hold(workdir: str):
   if lock is not None:
     try:
       note = lock.acquire()
-    except WorkdirError as e:
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure (also e.g. an OSError writing the record on gs://) must
+      # reach the agreement below, or the other processes would wait in it.
       error = e
   if not _agree(error is None):
     raise error or WorkdirError(

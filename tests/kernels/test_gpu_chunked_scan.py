@@ -1,4 +1,5 @@
-"""The time-parallel GPU scans (two-pass, and the experimental look-back)
+"""The time-parallel GPU scans (two-pass `variant="chunked"`, and the
+experimental one-pass `variant="lookback"`)
 against the float64 oracle.
 
 On CPU the kernels run in Pallas interpret mode, where programs run one
@@ -33,14 +34,14 @@ def _inputs(rng, b, t, d, x_dtype, a_dtype, resets):
 
 
 def _check_against_oracle(b, t, d, x_dtype, a_dtype, reverse, options,
-                          resets=True, seed=0):
+                          resets=True, seed=0, variant="chunked"):
   rng = np.random.default_rng([b, t, d, reverse, seed])
   x, a, h0, dy, dh_last = _inputs(rng, b, t, d, x_dtype, a_dtype, resets)
 
   def scan(x, a, h0):
     return pallas_kernels.linear_scan(
         x, a, h0, reverse=reverse, impl="pallas_gpu", interpret=INTERPRET,
-        variant="chunked", **options)
+        variant=variant, **options)
 
   (y, h_last), vjp = jax.vjp(scan, x, a, h0)
   dx, da, dh0 = vjp((dy, dh_last))
@@ -91,9 +92,12 @@ def test_look_back_matches_float64_oracle_in_interpret_mode(
   if not INTERPRET:
     monkeypatch.setenv(gpu_lookback_scan.ENABLE_VARIABLE, "1")
   _check_against_oracle(2, 37, 100, jnp.float32, jnp.float32, reverse,
-                        dict(lookback=True, chunk=8, bwd_chunk=4))
+                        dict(chunk=8, bwd_chunk=4), variant="lookback")
   _check_against_oracle(1, 29, 64, jnp.bfloat16, jnp.bfloat16, reverse,
-                        dict(lookback=True, chunk=4, bwd_chunk=3))
+                        dict(chunk=4, bwd_chunk=3), variant="lookback")
+  # One chunk only (T below a chunk): chunk 0 needs no look-back at all.
+  _check_against_oracle(1, 3, 32, jnp.float32, jnp.float32, reverse,
+                        dict(chunk=8, bwd_chunk=8), variant="lookback")
 
 
 def test_look_back_refuses_to_compile_unless_enabled(monkeypatch):
@@ -101,7 +105,7 @@ def test_look_back_refuses_to_compile_unless_enabled(monkeypatch):
   x = jnp.ones((1, 8, 32), jnp.float32)
   with pytest.raises(NotImplementedError, match="RG_EXPERIMENTAL_LOOKBACK"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=False,
-                               variant="chunked", lookback=True)
+                               variant="lookback")
 
 
 def test_time_split_covers_the_row_in_whole_load_groups():
@@ -123,9 +127,12 @@ def test_options_are_checked():
   with pytest.raises(ValueError, match="splits"):
     gpu_chunked_scan.ChunkedScanConfig(splits=-1)
   x = jnp.ones((1, 8, 32), jnp.float32)
-  with pytest.raises(TypeError, match="walk"):
+  with pytest.raises(TypeError, match="num_stages.*do not apply"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
                                variant="chunked", num_stages=2)
+  with pytest.raises(TypeError, match="splits.*do not apply"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
+                               variant="lookback", splits=2)
   with pytest.raises(TypeError, match="chunked"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
                                variant="walk", splits=2)

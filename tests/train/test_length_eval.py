@@ -12,6 +12,7 @@ from flax import nnx
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
+from recurrentgemma_jax import reproduce
 from recurrentgemma_jax.training import length_eval
 from recurrentgemma_jax.training import loop
 
@@ -210,7 +211,7 @@ def test_missing_checkpoints_fail_before_compiling(trained, tmp_path,
 def test_command_line(trained):
   _, workdir = trained
   # A study's result (reproduce.py's file) that the command must leave be.
-  study = workdir / length_eval.RESULT_FILE
+  study = workdir / reproduce.LENGTH_EVAL_FILE
   study.write_text(json.dumps({"step": 4, "lengths": [], "settings": {
       "multipliers": [1, 2, 4, 8], "examples": 128, "per_position": True}}))
   before = study.read_text()
@@ -237,7 +238,7 @@ def test_command_line(trained):
   clash = train_testlib.python(
       "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
       "--length_multipliers=1,2", "--examples=8",
-      f"--length_eval_file={length_eval.RESULT_FILE}")
+      f"--length_eval_file={reproduce.LENGTH_EVAL_FILE}")
   assert clash.returncode == 1 and "Traceback" not in clash.stderr
   errors = [l for l in clash.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, clash.stderr

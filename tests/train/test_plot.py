@@ -70,3 +70,11 @@ def test_no_chance_line_without_a_known_task(tmp_path):
                 if l.get_label().startswith("chance")]
   finally:
     plt.close(fig)
+
+
+def test_a_metrics_folder_is_a_one_line_error(tmp_path, capsys):
+  (tmp_path / "run" / "metrics.jsonl").mkdir(parents=True)
+  with pytest.raises(SystemExit) as stopped:
+    plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
+  assert stopped.value.code == 1
+  assert "metrics.jsonl is a folder" in capsys.readouterr().err

@@ -189,3 +189,13 @@ def test_every_numeric_field_has_a_range():
   assert "optimizer.b1" in fields and "model.depth" in fields
   assert fields - set(config_lib.RANGES) == set()
   assert set(config_lib.RANGES) - fields == set()
+
+
+def test_every_experiment_rejects_an_unknown_model_in_its_file():
+  # In get_config, before the loop prepares any data.
+  from experiments import selective_copy  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="model.kind='griffen' is not one of "
+                     "griffin, hawk, mqa"):
+    selective_copy.get_config("model=griffen")
+  with pytest.raises(ConfigError, match="unknown preset 'griffin-7'"):
+    config_lib.model_config("griffin-7")
