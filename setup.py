@@ -30,6 +30,8 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # Hugging Face checkpoints; its NumPy backend reads and writes bfloat16.
+    "safetensors>=0.8.0",
     # TFDS imports it to prepare builders without declaring it.
     "importlib_resources>=6",
 ]

@@ -16,6 +16,9 @@ wheels, carried in .whl; results in docs/benchmarks.md, "Sampling"):
       .whl/*.whl && PYTHONPATH=/tmp/site:$PWD timeout 220 python3 \
       benchmarks/sample.py --batches 64,1 --extra_batches 256,16 \
       --steps 2048 --short_steps 256 --budget_s 140 --out $OUT/sample.json
+Where a decode step's time goes (kernels per step, time by source line):
+  ... benchmarks/sample.py --batches 1 --extra_batches "" --profile DIR
+  python3 benchmarks/profile_breakdown.py --steps 64 DIR/ours_b1 DIR/official_b1
 CPU smoke test:
   JAX_PLATFORMS=cpu python benchmarks/sample.py --tiny --steps 64
 """
@@ -216,6 +219,18 @@ class Official:
 # Main ------------------------------------------------------------------------
 
 
+def profile(runner, name: str, folder: str, steps: int) -> None:
+  """The compiled loop's HLO and a `jax.profiler` trace of one `steps`-step
+  run under `folder/name`."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, name + ".hlo.txt"), "w",
+            encoding="utf-8") as f:
+    f.write(runner.compiled.as_text())
+  with jax.profiler.trace(os.path.join(folder, name),
+                          create_perfetto_trace=True):
+    runner.run(steps)
+
+
 def environment() -> dict[str, str]:
   env = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -254,6 +269,11 @@ def main(argv=None) -> int:
   parser.add_argument("--tiny", action="store_true",
                       help="a tiny model (CPU smoke test)")
   parser.add_argument("--out", default="")
+  parser.add_argument("--profile", default="",
+                      help="also write each loop's HLO and a device trace of "
+                      "--profile_steps steps under this folder (read by "
+                      "benchmarks/profile_breakdown.py --steps N)")
+  parser.add_argument("--profile_steps", type=int, default=64)
   args = parser.parse_args(argv)
 
   # The official sampler type-checks its state with typeguard, which rejects
@@ -296,6 +316,8 @@ def main(argv=None) -> int:
       compile_s = time.perf_counter() - start
       mem = memory(compiled)
       runner.run(min(32, capacity))  # warm-up
+      if args.profile:
+        profile(runner, f"{impl}_b{batch}", args.profile, args.profile_steps)
       for steps in steps_list:
         elapsed = runner.run(steps)
         row = {"impl": impl, "batch": batch, "steps": steps,

@@ -17,7 +17,7 @@ copy's.
         --shapes "8,4096,2560;16,2048,4096" --runs 21  # docs/benchmarks.md
     python benchmarks/scan.py --grid --runs 11      # the issue-14 grid
     python benchmarks/scan.py --only_sweep --shapes "1,16384,2560" \
-        --chunked_sweep "chunk=64;chunk=128,bwd_chunk=64"  # tile shapes
+        --variant_sweep "chunk=64;variant=lookback,chunk=128"  # tile shapes
 
 Timing: after warm-up, each timed run dispatches `inner` calls back to back
 (rotating among input sets that together exceed the L2 cache) and waits for
@@ -395,9 +395,11 @@ def sweep(shape, dtypes, runs, copy_tbs, sweep_rows):
   print(_table(sweep_rows), flush=True)
 
 
-def _parse_options(text: str) -> list[dict[str, int]]:
-  """"chunk=64,block_d=32;chunk=32" -> [{"chunk": 64, ...}, {...}]."""
-  return [{k: int(v) for k, v in (kv.split("=") for kv in item.split(","))}
+def _parse_options(text: str) -> list[dict[str, int | str]]:
+  """"variant=lookback,chunk=64;block_d=32" -> [{"variant": "lookback",
+  "chunk": 64}, {"block_d": 32}] (`variant` stays a string)."""
+  return [{k: v if k == "variant" else int(v)
+           for k, v in (kv.split("=") for kv in item.split(","))}
           for item in text.split(";") if item]
 
 
@@ -445,7 +447,7 @@ def main(argv=None):
   parser.add_argument("--sweep", action="store_true",
                       help="time pallas_gpu block shapes at the first shape")
   parser.add_argument("--only_sweep", action="store_true",
-                      help="time only what --sweep / --chunked_sweep ask")
+                      help="time only what --sweep / --variant_sweep ask")
   parser.add_argument("--check_only", default="",
                       help="only check these rows (comma-separated, of %s) "
                       "and exit" % ", ".join(PALLAS_VARIANTS))
@@ -459,9 +461,10 @@ def main(argv=None):
   parser.add_argument("--grid", action="store_true",
                       help="scan rows only, at every GRID shape that fits "
                       "(unless --shapes is given)")
-  parser.add_argument("--chunked_sweep", type=_parse_options, default=[],
-                      help="chunked-kernel options to time at every shape, "
-                      "e.g. 'chunk=64,bwd_chunk=32;chunk=128,block_d=64'")
+  parser.add_argument("--variant_sweep", type=_parse_options, default=[],
+                      help="pallas_gpu options to time at every shape "
+                      "(variant defaults to chunked), e.g. "
+                      "'chunk=64,bwd_chunk=32;variant=lookback,chunk=128'")
   parser.add_argument("--out", default=None, help="write rows as JSON here")
   args = parser.parse_args(argv)
 
@@ -549,17 +552,15 @@ def main(argv=None):
       for shape in shapes[1:]:
         table_rows(shape, not args.no_sequential and not args.sequential_once,
                    impls, True)
-  for shape in shapes if args.chunked_sweep else ():
+  for shape in shapes if args.variant_sweep else ():
     for dtype in dtypes:
-      for options in args.chunked_sweep:
-        name = "pallas_gpu chunked " + ",".join(
-            f"{k}={v}" for k, v in options.items())
-        t = bench_scan(shape, dtype, "pallas_gpu chunked", args.runs,
-                       **options)
+      for options in args.variant_sweep:
+        options = {"variant": "chunked", **options}
+        name = "pallas_gpu " + ",".join(f"{k}={v}" for k, v in options.items())
+        t = bench_scan(shape, dtype, "pallas_gpu", args.runs, **options)
         sweep_rows.append(_row(shape, dtype, name, "scan", *t, copy_tbs))
         save()
-    print(_table(sweep_rows[-len(dtypes) * len(args.chunked_sweep):]),
-          flush=True)
+        print(_table(sweep_rows[-1:]), flush=True)
 
   save()
   print(f"\ncopy bandwidth (TB/s): {copy}")

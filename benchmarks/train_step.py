@@ -2,7 +2,8 @@ r"""Training-step speed: our Griffin, Hawk and MQA against the official model.
 
     python benchmarks/train_step.py [--models griffin,hawk,mqa,official] \
         [--width 1024 --depth 12 --vocab 32000 --batch 8 --seq_len 2048] \
-        [--long] [--overhead] [--out results.jsonl]
+        [--long] [--overhead] [--out results.jsonl] [--profile DIR] \
+        [--attention_impl auto|xla|pallas_gpu]
 
 Every model trains with the same AdamW (clipping, masked decay), bfloat16
 compute and float32 parameters and optimizer state, no remat, on one device.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -54,6 +56,7 @@ def model_config(kind: str, args, scan_impl: str = "auto") -> GriffinConfig:
       lru_width=args.width,
       block_types=tuple(block_pattern(kind, args.depth)),
       attention_window_size=None if kind == "mqa" else args.window,
+      attention_impl=args.attention_impl,
       dtype="bfloat16",
       param_dtype="float32",
   )
@@ -106,6 +109,8 @@ def ours(kind: str, args, batch_size: int, seq_len: int,
       donate_argnums=(0,))
   batch = make_batch(batch_size, seq_len, args.vocab)
   seconds, loss = time_steps(step, state, batch, args.steps, args.warmup)
+  profile(args, f"{kind}_{batch_size}x{seq_len}", step, batch,
+          lambda: state_lib.init_train_state(spec, tx, seed=0))
   return config, seconds, loss, state_lib.num_params(spec)
 
 
@@ -136,6 +141,7 @@ def official(args, batch_size: int, seq_len: int):
   train_cfg = train_config(args)
   tx = optimizer_lib.make_optimizer(train_cfg)
   state = {"params": params, "opt_state": tx.init(params)}
+  params = jax.tree.map(jnp.copy, params)  # `state`'s are donated
 
   def loss_fn(params, batch):
     logits, _ = model.apply({"params": params}, batch["inputs"],
@@ -153,9 +159,30 @@ def official(args, batch_size: int, seq_len: int):
              "opt_state": opt_state}, {"loss": loss})
 
   step = jax.jit(step, donate_argnums=(0,))
-  seconds, loss = time_steps(step, state, batch, args.steps, args.warmup)
   n = sum(x.size for x in jax.tree.leaves(params))
+  seconds, loss = time_steps(step, state, batch, args.steps, args.warmup)
+  profile(args, f"official_{batch_size}x{seq_len}", step, batch,
+          lambda: {"params": params, "opt_state": tx.init(params)})
   return config, seconds, loss, n
+
+
+def profile(args, name: str, step, batch, fresh_state, steps: int = 3):
+  """With --profile DIR: the compiled HLO and a device trace of `steps`
+  steps under DIR/name (benchmarks/profile_breakdown.py reads them)."""
+  if not args.profile:
+    return
+  out = f"{args.profile}/{name}"
+  os.makedirs(args.profile, exist_ok=True)
+  state = fresh_state()
+  compiled = step.lower(state, batch).compile()
+  with open(f"{out}.hlo.txt", "w", encoding="utf-8") as f:
+    f.write(compiled.as_text())
+  state, metrics = step(state, batch)  # warm
+  jax.block_until_ready(metrics)
+  with jax.profiler.trace(out, create_perfetto_trace=True):
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
 
 
 def dispatch_overhead(args) -> dict[str, float]:
@@ -207,6 +234,11 @@ def main(argv=None) -> None:
   p.add_argument("--overhead", action="store_true",
                  help="also time dispatch: functional vs nnx.jit step")
   p.add_argument("--out", default="", help="append JSON lines here")
+  p.add_argument("--attention_impl", default="auto",
+                 help="our models' local attention: auto, xla or pallas_gpu")
+  p.add_argument("--profile", default="",
+                 help="also write each model's HLO and a 3-step device "
+                 "trace under this folder")
   args = p.parse_args(argv)
 
   device = jax.devices()[0]

@@ -16,6 +16,10 @@ Arguments (after `:`, comma-separated):
                   ~/tensorflow_datasets (the corpus and files= are prepared
                   there once, in local_text/<digest of files and options>/);
   tokenizer=PATH  a SentencePiece model (default: bytes, no file needed);
+  format=chat     files= (or dataset=) hold conversations, one JSON line
+                  `{"messages": [{"role", "content"}, ...]}` each, trained
+                  in the Gemma chat template with the loss on the model
+                  turns (recurrentgemma_jax/data/chat.py; default: text);
   model=griffin|hawk|mqa, runlocal;
   size=100m (default: the paper's 100M size, sequences of 2048) or small
                   (the comparison of docs/results.md: six blocks of width
@@ -60,7 +64,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, corpus="", site_packages=False,
                              max_bytes=0, dataset="", files="", data_dir="",
                              tokenizer="bytes", model="griffin",
-                             size="100m", runlocal=False)
+                             size="100m", runlocal=False, format="text")
   if arg.model not in presets.MODEL_KINDS:
     raise ConfigError(f"model={arg.model!r} is not one of "
                       f"{', '.join(presets.MODEL_KINDS)}")
@@ -94,6 +98,7 @@ def get_config(arg=None):
   else:
     c.data.update(source="python", python_site_packages=arg.site_packages,
                   python_max_bytes=arg.max_bytes)
+  pipeline.set_format(c.data, arg.format)
   if arg.size == "small":
     # docs/results.md (tinyshakespeare, files=): a 2000-step schedule overfit
     # that 1 MB corpus (eval loss lowest near step 500, then rising while

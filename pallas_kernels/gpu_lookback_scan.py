@@ -1,15 +1,21 @@
 """Experimental one-pass time-parallel GPU scan: chunks chained by look-back.
 
-Status (H200, jax 0.11.2, 2026-12-01): correct in interpret mode; on the
-GPU the first versions wrote NaN (docs/benchmarks.md). The likely cause,
-found in review after the device time was spent: chunk 0 published its
-chunk map (status 1) before its inclusive state (status 2), so a reader
-that saw status 1 composed it and walked back to chunk -1, before the
-buffers, where no status ever appears. Chunk 0 now publishes only its
-inclusive state, and a walk that reaches chunk -1 ends at `h0`. Not yet
-re-measured on a GPU, so this variant stays opt-in (`variant="lookback"`)
-and refuses to run compiled unless `RG_EXPERIMENTAL_LOOKBACK=1` is set. The
-two-pass kernels of `gpu_chunked_scan` are the working time-parallel scan.
+Status (H200, jax 0.11.2, 2026-12-02): correct on the GPU (float64 oracle,
+relative errors 5e-8 in float32, forward and gradients, `reverse`, T not a
+multiple of the chunk), after chunk 0 stopped publishing its map (status 1)
+before its inclusive state: a reader that saw status 1 composed it and
+walked back to chunk -1, where no status ever appears (the NaNs of the
+first version). Two facts keep it opt-in (`variant="lookback"`,
+`RG_EXPERIMENTAL_LOOKBACK=1` when compiled):
+
+* Its results vary in the last bit from run to run: whether a program
+  composes an earlier chunk's map or finds its inclusive state depends on
+  timing, and the two round differently.
+* It is no faster than the two-pass `gpu_chunked_scan` (B=1, T=16384,
+  D=2560, float32: 0.241 / 0.675 ms forward / forward+backward against
+  0.238 / 0.575; docs/benchmarks.md). Its tiles hold a whole chunk in
+  registers, so chunks are short (64 steps) and the look-back walks far.
+
 In interpret mode programs run one after another in grid order, so the
 tests there cannot exercise the protocol's races.
 

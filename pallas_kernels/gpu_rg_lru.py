@@ -269,4 +269,20 @@ def pallas_gpu_rg_lru(
                 h0.astype(jnp.float32), interpret, config)
 
 
-register_fused_impl("pallas_gpu", pallas_gpu_rg_lru)
+def fused_kernel_applies(shape: tuple[int, int, int], dtype) -> bool:
+  """Where the fused kernel is the faster RG-LRU on the GPU.
+
+  The fused kernel walks time like `gpu_scan`'s "walk" variant, so where
+  `choose_variant` picks the time-parallel scan (too few programs to fill
+  the GPU), the gates run in XLA and the scan runs time-parallel instead.
+  In bfloat16 the fused kernel also lost at B=8, T=4096, D=2560 on the H200
+  (2.00 against 1.59 ms forward+backward, docs/benchmarks.md); in float32
+  it won there (1.85 against 2.01 ms). So: float32 at shapes the walk
+  fills.
+  """
+  batch, length, width = shape
+  return (jnp.dtype(dtype) == jnp.float32 and gpu_scan.choose_variant(
+      batch, length, width, dtype) == "walk")
+
+
+register_fused_impl("pallas_gpu", pallas_gpu_rg_lru, fused_kernel_applies)

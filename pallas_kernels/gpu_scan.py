@@ -343,16 +343,39 @@ _scan = differentiable_scan(_scan_forward, _scan_backward)
 VARIANTS = ("auto", "walk", "chunked", "lookback")
 
 
-def choose_variant(batch: int, length: int, width: int) -> str:
+# `choose_variant`'s thresholds, measured on the H200 (docs/benchmarks.md,
+# "Choosing the kernel", 2026-12-02): the largest `B * ceil(D / 64)` (the
+# walking kernel's programs at its default block) at which the two-pass
+# time-parallel kernel was faster, forward and forward+backward. Float32:
+# chunked at 40 and 128, walk at 160, 256 and 320. Bfloat16: chunked at 40,
+# 128, 160 and 256, walk at 320 (the walk's 128-byte bfloat16 rows use the
+# memory system worse, so it needs more programs to catch up).
+CHUNKED_MAX_WALK_PROGRAMS = {"float32": 128, "bfloat16": 256}
+
+
+def choose_variant(batch: int, length: int, width: int,
+                   dtype=jnp.float32) -> str:
   """The kernel `variant="auto"` runs for a `[batch, length, width]` scan.
 
-  Always "walk" for now: on the H200 (docs/benchmarks.md, 2026-12-01) the
-  only time-parallel kernels measured so far were slower at every shape,
-  and the current two-pass kernels are not yet measured. The thresholds
-  go here once they are.
+  "chunked" when the walking kernel would have too few programs to fill
+  the GPU (`CHUNKED_MAX_WALK_PROGRAMS`, measured on an H200; on other GPUs
+  the same counts are a guess) and T is long enough to split into at least
+  two chunks; otherwise "walk". The one-pass "lookback" is never chosen:
+  on the H200 it was no faster than "chunked" and its results vary in the
+  last bit from run to run.
   """
-  del batch, length, width
-  return "walk"
+  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import gpu_chunked_scan
+
+  name = jnp.dtype(dtype).name
+  limit = CHUNKED_MAX_WALK_PROGRAMS.get(name, CHUNKED_MAX_WALK_PROGRAMS[
+      "float32"])
+  if batch * pl.cdiv(width, 64) > limit:
+    return "walk"
+  config = gpu_chunked_scan.ChunkedScanConfig()
+  splits, _ = gpu_chunked_scan.split_time(length, batch, width,
+                                          config.chunk, config)
+  return "chunked" if splits >= 2 else "walk"
 
 
 def pallas_gpu_scan(
@@ -370,6 +393,8 @@ def pallas_gpu_scan(
     num_warps: int | None = None,
     num_stages: int | None = None,
     splits: int | None = None,
+    target_programs: int | None = None,
+    max_splits: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Differentiable linear scan on GPU (the `pallas_gpu` impl).
 
@@ -387,7 +412,8 @@ def pallas_gpu_scan(
       variant's config (`ScanConfig`, `ChunkedScanConfig` or
       `LookbackScanConfig`; None keeps the default).
     pipeline: override for "walk" and "chunked".
-    num_stages: override for "walk"; splits: for "chunked".
+    num_stages: override for "walk"; splits, target_programs, max_splits:
+      for "chunked".
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
@@ -400,11 +426,12 @@ def pallas_gpu_scan(
   if variant not in VARIANTS:
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
   if variant == "auto":
-    variant = choose_variant(batch, length, width)
+    variant = choose_variant(batch, length, width, x.dtype)
   h0 = h0.astype(jnp.float32)
   given = {k: v for k, v in dict(
       block_d=block_d, chunk=chunk, bwd_chunk=bwd_chunk, num_warps=num_warps,
-      pipeline=pipeline, num_stages=num_stages, splits=splits).items()
+      pipeline=pipeline, num_stages=num_stages, splits=splits,
+      target_programs=target_programs, max_splits=max_splits).items()
             if v is not None}
   if variant != "walk":
     configs = {"chunked": gpu_chunked_scan.ChunkedScanConfig,
@@ -417,8 +444,10 @@ def pallas_gpu_scan(
     scan = (gpu_chunked_scan.chunked_scan if variant == "chunked"
             else gpu_lookback_scan.lookback_scan)
     return scan(x, a, h0, reverse, interpret, config)
-  if splits is not None:
-    raise TypeError("splits applies to variant='chunked' only")
+  chunked_only = {k for k in ("splits", "target_programs", "max_splits")
+                  if k in given}
+  if chunked_only:
+    raise TypeError(f"{sorted(chunked_only)} apply to variant='chunked' only")
   config = resolve_config(
       batch, width, ScanConfig(), block_d=block_d,
       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,

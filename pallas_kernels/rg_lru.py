@@ -32,14 +32,37 @@ from pallas_kernels import sharded
 MAX_SQRT_GRADIENT = 1000.0
 
 RgLruFn = Callable[..., tuple[jax.Array, jax.Array]]
+# (shape [B, T, D], dtype) -> whether the fused kernel is the faster path.
+AppliesFn = Callable[[tuple[int, int, int], jnp.dtype], bool]
 _FUSED: dict[str, RgLruFn] = {}
+_FUSED_APPLIES: dict[str, AppliesFn] = {}
 
 
-def register_fused_impl(name: str, fn: RgLruFn) -> None:
-  """Registers a fused RG-LRU kernel for one of the Pallas impl names."""
+def register_fused_impl(name: str, fn: RgLruFn,
+                        applies: AppliesFn | None = None) -> None:
+  """Registers a fused RG-LRU kernel for one of the Pallas impl names.
+
+  `applies(shape, dtype)`, if given, says at which local shapes the fused
+  kernel is used; elsewhere `rg_lru` runs the gates in XLA and the impl's
+  plain scan, which may then pick a better-suited scan kernel.
+  """
   if name not in ("pallas_tpu", "pallas_gpu"):
     raise ValueError(f"fused impl must be pallas_tpu or pallas_gpu, got {name}")
   _FUSED[name] = fn
+  if applies is not None:
+    _FUSED_APPLIES[name] = applies
+
+
+def uses_fused_kernel(name: str, shape: tuple[int, int, int], dtype,
+                      fused: bool = True, **kernel_options) -> bool:
+  """Whether `rg_lru(..., fused=fused)` runs impl `name`'s fused kernel on
+  a local `[B, T, D]` block of `dtype`. Explicit kernel options keep the
+  fused kernel (they are its tile sizes)."""
+  if not (fused and name in _FUSED):
+    return False
+  applies = _FUSED_APPLIES.get(name)
+  return bool(kernel_options) or applies is None or applies(
+      tuple(shape), jnp.dtype(dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -147,7 +170,8 @@ def rg_lru(
     reset: `[B, T]` bool, True at document starts.
     h0: optional `[B, D]` float32 state.
     impl: scan implementation (see `pallas_kernels.IMPLS`).
-    fused: use a fused kernel when one is registered for the resolved impl.
+    fused: use a fused kernel when one is registered for the resolved impl
+      and applies at this shape (`uses_fused_kernel`).
     interpret: run Pallas kernels in interpret mode.
     **kernel_options: block-size overrides forwarded to the Pallas kernel.
 
@@ -161,7 +185,7 @@ def rg_lru(
   h0 = jnp.asarray(h0, jnp.float32)
 
   def local_rg_lru(x, gate_x, gate_a, a_param, reset, h0):
-    if fused and name in _FUSED:
+    if uses_fused_kernel(name, x.shape, x.dtype, fused, **kernel_options):
       return _FUSED[name](
           x, gate_x, gate_a, a_param, reset, h0,
           interpret=interpret, **kernel_options,

@@ -398,6 +398,7 @@ def rg_lru_tpu(
       t,
       d,
       bytes_per_element,
+      batch=b,
       block_t=block_t,
       block_d=block_d,
       vmem_budget_bytes=vmem_budget_bytes,

@@ -7,6 +7,13 @@ T / block_t)` with semantics ("parallel", "parallel", "arbitrary"): batch rows
 and feature blocks are independent, time blocks run in order and hand the state
 to each other through a float32 VMEM scratch `[1, block_d]`.
 
+A megacore chip (v4, v5p) splits the `P = B * D / block_d` parallel programs
+over its two TensorCores, `ceil(P / 2)` each (`tpu_inspect`): with an odd
+`P` one core spends a program's time on a duplicate, and `P = 1` idles a
+core. `choose_tiling` therefore picks the feature block for the batch size:
+at B=1, D=2560 it takes 640 features (P=4) rather than 512 (P=5); see
+docs/tpu.md, "The TPU scan at batch 1".
+
 Inside a block the kernel walks 16 time rows at a time (one packed bfloat16
 tile, two float32 vregs). Each 8-row vreg is scanned in registers with a
 3-step Hillis-Steele scan over its sublanes (`pltpu.roll` + select), which
@@ -56,8 +63,18 @@ LANES = 128
 SUBLANES = 8
 # Rows handled per inner-loop step; time blocks are multiples of it.
 TIME_ALIGN = 2 * SUBLANES
-MAX_BLOCK_D = 512
+MAX_BLOCK_D = 1024
+# Among feature blocks that use the cores equally well, the one nearest this
+# width: per element, the compiled inner loop's static schedule (v5p) is
+# within 7% from 512 to 1280 lanes and 16% longer at 256, and wider blocks
+# leave fewer rows to the time block.
+PREFERRED_BLOCK_D = 512
 MAX_BLOCK_T = 512
+# Narrow feature blocks may take more rows, up to this many elements, so that
+# a grid step still moves enough bytes to hide its fixed cost (~0.35 us).
+MAX_BLOCK_ELEMENTS = 512 * 512
+# TensorCores that share the parallel grid of a megacore chip (v4, v5p).
+MEGACORE_CORES = 2
 # VMEM for the double-buffered [block_t, block_d] blocks of one kernel. The
 # smallest default scoped VMEM limit (v4, v5e) is 16 MiB; half of it leaves
 # room for Mosaic's internal scratch and the small per-row blocks.
@@ -92,6 +109,29 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def core_utilisation(programs: int, num_cores: int = MEGACORE_CORES) -> float:
+  """Useful share of the cores' time when `programs` split `ceil(P / n)`."""
+  return programs / (num_cores * -(-programs // num_cores))
+
+
+def _feature_block(d: int, batch: int, num_cores: int) -> int:
+  """The feature block that keeps the most cores busy, then the preferred."""
+  lane_tiles = -(-d // LANES)
+
+  def score(k):
+    programs = batch * (lane_tiles // k)
+    return (
+        core_utilisation(programs, num_cores),
+        -abs(k * LANES - PREFERRED_BLOCK_D),
+        k,
+    )
+
+  candidates = [
+      k for k in range(1, MAX_BLOCK_D // LANES + 1) if lane_tiles % k == 0
+  ]
+  return LANES * max(candidates, key=score)
+
+
 def _balanced_units(units: int, max_units: int) -> int:
   """Units (of TIME_ALIGN rows) per time block, avoiding padding if cheap."""
   if units <= max_units:
@@ -109,17 +149,27 @@ def choose_tiling(
     d: int,
     bytes_per_element: int,
     *,
+    batch: int = 1,
+    num_cores: int = MEGACORE_CORES,
     block_t: int | None = None,
     block_d: int | None = None,
     vmem_budget_bytes: int = VMEM_BUDGET_BYTES,
 ) -> Tiling:
-  """Picks `(block_t, block_d)` for a `[B, t, d]` problem.
+  """Picks `(block_t, block_d)` for a `[batch, t, d]` problem.
+
+  The feature block is the divisor of the padded width (up to MAX_BLOCK_D)
+  whose `batch * d_pad / block_d` programs split most evenly over
+  `num_cores`, nearest PREFERRED_BLOCK_D among those; the time block then
+  fills the VMEM budget.
 
   Args:
     t: sequence length.
     d: feature width.
     bytes_per_element: bytes one `(time, feature)` element costs summed over
       all `[B, T, D]` operands of the heavier kernel (forward or backward).
+    batch: batch rows (parallel programs per feature block).
+    num_cores: TensorCores sharing the parallel grid (2 on v4 and v5p; on
+      a one-core chip the choice only changes the block shape).
     block_t: time block override, a multiple of 16.
     block_d: feature block override, a multiple of 128.
     vmem_budget_bytes: VMEM for the double-buffered blocks.
@@ -127,18 +177,19 @@ def choose_tiling(
   Returns:
     The tiling; `t_pad`, `d_pad` are multiples of the blocks.
   """
-  if block_d is None:
-    d_pad = _round_up(d, LANES)
-    lane_tiles = d_pad // LANES
-    block_d = LANES * max(
-        k for k in range(1, MAX_BLOCK_D // LANES + 1) if lane_tiles % k == 0
+  if batch < 1 or num_cores < 1:
+    raise ValueError(
+        f"batch and num_cores must be >= 1, got {batch} and {num_cores}"
     )
+  if block_d is None:
+    block_d = _feature_block(d, batch, num_cores)
   elif block_d <= 0 or block_d % LANES:
     raise ValueError(f"block_d must be a positive multiple of {LANES}")
   d_pad = _round_up(d, block_d)
   if block_t is None:
     rows = vmem_budget_bytes // (2 * bytes_per_element * block_d)
-    max_units = max(1, min(rows, MAX_BLOCK_T) // TIME_ALIGN)
+    max_rows = max(MAX_BLOCK_T, MAX_BLOCK_ELEMENTS // block_d)
+    max_units = max(1, min(rows, max_rows) // TIME_ALIGN)
     block_t = TIME_ALIGN * _balanced_units(-(-t // TIME_ALIGN), max_units)
   elif block_t <= 0 or block_t % TIME_ALIGN:
     raise ValueError(f"block_t must be a positive multiple of {TIME_ALIGN}")
@@ -556,7 +607,8 @@ def linear_scan_tpu(
     interpret: False on TPU; True (fast, plain JAX) or
       `pltpu.InterpretParams(...)` (simulated TPU memory) on CPU.
     block_t: time block (multiple of 16); default from the VMEM budget.
-    block_d: feature block (multiple of 128); default up to 512.
+    block_d: feature block (multiple of 128); default from the width and
+      the batch (`choose_tiling`).
     vmem_budget_bytes: VMEM for the double-buffered blocks.
 
   Returns:
@@ -569,6 +621,7 @@ def linear_scan_tpu(
       x.shape[1],
       x.shape[2],
       bytes_per_element,
+      batch=x.shape[0],
       block_t=block_t,
       block_d=block_d,
       vmem_budget_bytes=vmem_budget_bytes,

@@ -7,6 +7,8 @@ RecurrentGemma models in JAX / Flax NNX.
     logits = model(tokens, segment_pos)            # [B, T, vocab]
     result = rg.train(experiment_config, "/tmp/workdir")
     model = rg.load_workdir("/tmp/workdir")
+    rg.add_lora(model, rg.LoRAConfig(rank=8), rngs=nnx.Rngs(1))  # adapters
+    plain = rg.merge_lora(model)  # folded into the weights (sampling, export)
     out = rg.Sampler(model).generate([[1, 2, 3]], max_new_tokens=8)
     rg.plot_metrics(["/tmp/workdir"], "/tmp/curves.png")
 
@@ -22,8 +24,13 @@ import importlib
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.hf import from_hf
+from recurrentgemma_jax.hf import to_hf
 from recurrentgemma_jax.model import Griffin
 from recurrentgemma_jax.model import GriffinCache
+from recurrentgemma_jax.nn.lora import LoRAConfig
+from recurrentgemma_jax.nn.lora import add_lora
+from recurrentgemma_jax.nn.lora import merge_lora
 from recurrentgemma_jax.official import config_from_official
 from recurrentgemma_jax.official import from_official
 from recurrentgemma_jax.official import load_official_checkpoint
@@ -62,18 +69,23 @@ __all__ = [
     "Griffin",
     "GriffinCache",
     "GriffinConfig",
+    "LoRAConfig",
     "PRESETS",
     "Sampler",
     "SamplerOutput",
     "SamplingParams",
     "StreamStep",
+    "add_lora",
     "config_from_official",
     "evaluate",
+    "from_hf",
     "from_official",
     "load_official",
     "load_official_checkpoint",
     "load_workdir",
+    "merge_lora",
     "plot_metrics",
+    "to_hf",
     "to_official",
     "train",
 ]

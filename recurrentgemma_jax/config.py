@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SCAN_IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
+# Local attention of the training forward (`nn.attention.local_attention`).
+ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
@@ -79,6 +81,10 @@ class GriffinConfig:
     param_dtype: parameter storage dtype.
     scan_impl: RG-LRU scan implementation (see `pallas_kernels.IMPLS`).
     fused_rg_lru: use the fused RG-LRU kernel when the scan impl has one.
+    attention_impl: local attention without a cache (training, prefill of
+      a whole prompt): "xla" (blocked, logits materialised per block),
+      "pallas_gpu" (flash kernel, `pallas_kernels.gpu_local_attention`) or
+      "auto" ("xla" until the kernel is timed on a GPU).
     remat: rematerialisation policy for each residual block.
   """
 
@@ -97,6 +103,7 @@ class GriffinConfig:
   param_dtype: str = "float32"
   scan_impl: str = "auto"
   fused_rg_lru: bool = True
+  attention_impl: str = "auto"
   remat: str = "none"
 
   def __post_init__(self):
@@ -149,6 +156,9 @@ class GriffinConfig:
       raise ConfigError(
           f"scan_impl: {self.scan_impl!r} is not one of {SCAN_IMPLS}"
       )
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ConfigError(f"attention_impl: {self.attention_impl!r} is not one "
+                        f"of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
       raise ConfigError(f"remat: {self.remat!r} is not one of {REMAT_POLICIES}")
 

@@ -13,7 +13,11 @@ with `tokenizer.model` beside it):
 Flags: --prompt (repeatable: one row each) or --prompt_tokens ("1,2,3",
 repeatable), --max_new_tokens, --temperature (0 = greedy), --top_k,
 --top_p, --stop (repeatable: a string, or an int token id), --seed,
---stream (print tokens as they come, one prompt), --logprobs, --json.
+--stream (print tokens as they come, one prompt), --logprobs, --json,
+--chat (each --prompt is a user turn of the instruction-tuned chat template,
+`<bos><start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n`,
+and the reply stops at `<end_of_turn>`; for -it checkpoints and models
+fine-tuned on chat data, see recurrentgemma_jax/data/chat.py).
 A text prompt needs a tokenizer: the workdir's (for `lm` tasks), --tokenizer
 ("bytes" or a SentencePiece .model file), or a `tokenizer.model` next to
 --official.
@@ -40,6 +44,11 @@ from recurrentgemma_jax.config import ConfigError
 
 def _restore_params(path: str) -> dict[str, Any]:
   """The `params` of a train-state checkpoint item, as NumPy arrays."""
+  return _restore_items(path, ("params",))["params"]
+
+
+def _restore_items(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+  """Top-level items `keys` of a train-state checkpoint, as NumPy arrays."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -54,15 +63,15 @@ def _restore_params(path: str) -> dict[str, Any]:
   finally:
     absl_logger.setLevel(level)
   tree = getattr(metadata, "item_metadata", metadata).tree
-  if "params" not in tree:
-    raise ConfigError(f"{path}: no `params` in the checkpoint")
-  item = {"params": tree["params"]}
+  for key in keys:
+    if key not in tree:
+      raise ConfigError(f"{path}: no `{key}` in the checkpoint")
+  item = {key: tree[key] for key in keys}
   restore_args = jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  restored = checkpointer.restore(
+  return checkpointer.restore(
       path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                         partial_restore=True))
-  return restored["params"]
 
 
 def _match_keys(expected: Any, got: Any, where: str = "params") -> Any:
@@ -107,6 +116,11 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
   on the workdir. The model's vocabulary is the
   checkpoint's; the tokenizer is the run's for `lm` tasks, else None.
   `config_overrides` change `GriffinConfig` fields (e.g. dtype).
+
+  A LoRA run's checkpoint holds only its adapters: the base is loaded again
+  as the run did (`init_from`, or the seed's initialisation), checked
+  against the checkpoint's digest of it, and the adapters are folded into
+  its weights (`merge_lora`): the model returned is the plain model.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -133,9 +147,13 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
   if damage:
     raise ConfigError(f"checkpoint step {step} in {directory} is damaged: "
                       f"{damage}")
-  params = _restore_params(os.path.join(directory, str(step), "state"))
-  vocab_size = int(np.shape(params["embedder"]["input_embedding"])[0])
-  model_config = config_lib.build_model_config(config.model, vocab_size)
+  path = os.path.join(directory, str(step), "state")
+  if config.get("lora") and config.lora.get("rank"):
+    model_config, params = _merged_lora_params(config, path)
+  else:
+    params = _restore_params(path)
+    vocab_size = int(np.shape(params["embedder"]["input_embedding"])[0])
+    model_config = config_lib.build_model_config(config.model, vocab_size)
   if config_overrides:
     model_config = model_config.replace(**config_overrides)
   abstract = nnx.eval_shape(lambda: Griffin(model_config, rngs=nnx.Rngs(0)))
@@ -152,6 +170,57 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
     tokenizer = tokenizers.get_tokenizer(config.data.get("tokenizer",
                                                          "bytes"))
   return model, tokenizer, step
+
+
+def _merged_lora_params(config, path: str) -> tuple[Any, dict[str, Any]]:
+  """`(model config, parameters)` of the plain model a LoRA checkpoint
+  describes: the run's base with the adapters folded in.
+
+  Raises:
+    ConfigError: the base loaded now is not the one the adapters were
+      trained on (its digest differs).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from recurrentgemma_jax import sharding  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.nn import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import frozen as frozen_lib  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  stored = _restore_items(path, ("params", checkpointing.DIGEST_KEY))
+  for key, value in config_lib.base_config().init_from.items():
+    if key not in config.init_from:  # saved before the field existed
+      config.init_from[key] = value
+  released = config.init_from.checkpoint or config.init_from.get("hf")
+  vocab = None if released else loop.data_vocab_size(config)
+  model_config, init_params = loop.initial_weights(config, vocab)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  spec = state_lib.state_spec(
+      model_config, optax.identity(), mesh,
+      lora=config_lib.lora_config(config),
+      base_dtype=config.lora.get("base_dtype") or None)
+  base = state_lib.init_base(spec, config.seed, init_params)
+  frozen = frozen_lib.FrozenParams(spec.trainable, lambda: base,
+                                   sharding.replicated(mesh))
+  different = frozen.first_difference(stored[checkpointing.DIGEST_KEY])
+  if different:
+    raise ConfigError(
+        f"{path} holds adapters trained on other base weights than the "
+        f"run's init_from gives now ({different} differs)")
+  adapters = _match_keys(spec.trained(spec.abstract["params"]),
+                         stored["params"])
+  # The base in the model's parameter dtype: a bfloat16-stored base then
+  # takes the float32 update exactly.
+  base = jax.tree.map(lambda x: x.astype(model_config.parameter_dtype),
+                      base)
+  model = nnx.merge(spec.graphdef, frozen_lib.combine(base, adapters))
+  merged = lora_lib.merge_lora(model)
+  return model_config, nnx.state(merged, nnx.Param).to_pure_dict()
 
 
 def load_official(path: str, preset: str | None = "recurrentgemma-2b",
@@ -245,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also print each token's log-probability")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object per prompt")
+  p.add_argument("--chat", action="store_true",
+                 help="wrap each --prompt as a user turn of the chat "
+                      "template and stop at <end_of_turn>")
   return p
 
 
@@ -283,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
   if not prompts:
     print("error: give --prompt or --prompt_tokens", file=sys.stderr)
     return 2
+  if args.chat and args.prompt_tokens:
+    print("error: --chat wraps text prompts; give --prompt, not "
+          "--prompt_tokens", file=sys.stderr)
+    return 2
   try:
     model, tokenizer = load_from_args(args)
     if tokenizer is None and any(isinstance(p, str) for p in prompts):
@@ -291,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(model, tokenizer)
     options = dict(temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, stop=_parse_stop(args.stop) or None,
-                   stop_at_eos=not args.no_stop_at_eos, seed=args.seed)
+                   stop_at_eos=not args.no_stop_at_eos, seed=args.seed,
+                   chat=args.chat)
     if args.stream:
       if len(prompts) != 1:
         raise ConfigError("--stream takes one prompt")

@@ -62,6 +62,9 @@ DEFAULT_RULES: Rules = (
     ("kv", None),
     ("norm", None),
     ("conv", None),
+    # The inner dimension of LoRA adapters (`nn/lora.py`): A [in, rank] and
+    # B [rank, out] follow their weight's input and output axes.
+    ("lora_rank", None),
     # Activations: rows over the data-parallel axes, time over `sequence`;
     # the residual stream's width is whole on every device (the parameters'
     # `embed -> fsdp` split is gathered, not copied onto activations).

@@ -48,6 +48,15 @@ def test_missing_experiment_file_is_named(override):
   assert not os.path.exists("/tmp/rg_never_created")
 
 
+def test_convert_help_keeps_the_usage_lines_and_lists_the_layouts():
+  result = _run("-m", "recurrentgemma_jax.convert", "--help")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert re.search(r"python -m recurrentgemma_jax\.convert [^\n]*\\\n",
+                   result.stdout)
+  assert "--from: <official|hf|workdir>" in result.stdout
+  assert "--to: <official|hf>" in result.stdout
+
+
 def test_sample_help_shows_defaults_without_a_runpy_warning():
   result = _run("-m", "recurrentgemma_jax.sample", "--help")
   assert result.returncode == 0, result.stderr[-2000:]

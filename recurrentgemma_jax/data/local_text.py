@@ -10,6 +10,9 @@ then gives random access to `{"text": bytes}` examples.
 - any other file: plain text, cut into documents of at most `max_chars`
   characters at line boundaries (a long book becomes many documents, so
   shuffling mixes the corpus).
+- `format="chat"`: `.jsonl` / `.json` files only, one conversation per line
+  under `text_field` (`chat.py`), validated while preparing; each is stored
+  as its normalized `messages` JSON under "text".
 
 The last `validation_fraction` of the documents (at least one) form the
 validation split, unless `validation_files` are given: then the split is by
@@ -29,15 +32,17 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.data import chat
+from recurrentgemma_jax.data import jsonl
 
 JSONL_SUFFIXES = (".jsonl", ".json")
+FORMATS = ("text", "chat")
 
 
 # How to name the files, for the errors below.
@@ -67,15 +72,20 @@ def expand_files(patterns: str | Sequence[str]) -> tuple[str, ...]:
   return tuple(files)
 
 
-def read_documents(path: str, text_field: str, max_chars: int
-                   ) -> Iterator[str]:
+def read_documents(path: str, text_field: str, max_chars: int,
+                   format: str = "text") -> Iterator[str]:  # pylint: disable=redefined-builtin
   """The documents of one file (see the module docstring).
 
   Raises:
     ConfigError: naming `path` if it is not UTF-8 text (or JSON lines).
   """
   try:
-    if path.endswith(JSONL_SUFFIXES):
+    if format == "chat":
+      if not path.endswith(JSONL_SUFFIXES):
+        raise ConfigError(f"data.format=chat reads JSON lines; {path} is not "
+                          f"a {' or '.join(JSONL_SUFFIXES)} file")
+      yield from map(chat.dumps, chat.read_conversations(path, text_field))
+    elif path.endswith(JSONL_SUFFIXES):
       yield from _jsonl_documents(path, text_field)
     else:
       yield from _text_documents(path, max_chars)
@@ -89,19 +99,15 @@ def read_documents(path: str, text_field: str, max_chars: int
 
 
 def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except ValueError as e:
-        raise ConfigError(f"{path}:{line_no}: not a JSON line ({e})") from None
-      if not isinstance(record, dict) or text_field not in record:
-        raise ConfigError(
-            f"{path}:{line_no}: no {text_field!r} field (data.text_field)"
-        )
-      yield record[text_field]
+  for line_no, record in jsonl.json_lines(path):
+    if not isinstance(record, dict) or text_field not in record:
+      hint = ""
+      if isinstance(record, dict) and "messages" in record:
+        hint = "; for conversations use format=chat (data.format)"
+      raise ConfigError(
+          f"{path}:{line_no}: no {text_field!r} field (data.text_field)"
+          f"{hint}")
+    yield record[text_field]
 
 
 def _text_documents(path: str, max_chars: int) -> Iterator[str]:
@@ -127,11 +133,15 @@ class LocalTextConfig(tfds.core.BuilderConfig):
 
   def __init__(self, *, files: Sequence[str], text_field: str = "text",
                max_chars: int = 8192, validation_fraction: float = 0.1,
-               validation_files: Sequence[str] = ()):
+               validation_files: Sequence[str] = (), format: str = "text"):  # pylint: disable=redefined-builtin
     if not 0 < validation_fraction < 1:
       raise ConfigError(
           f"data.validation_fraction={validation_fraction} must be in (0, 1)"
       )
+    if format not in FORMATS:
+      raise ConfigError(f"data.format={format!r} is not one of "
+                        f"{', '.join(FORMATS)}")
+    self.format = format
     self.files = tuple(files)
     self.validation_files = tuple(validation_files)
     self.text_field = text_field
@@ -145,6 +155,8 @@ class LocalTextConfig(tfds.core.BuilderConfig):
       for path in self.validation_files:
         digest.update(_stat_key(path))
     digest.update(f"{text_field}\0{max_chars}\0{validation_fraction}".encode())
+    if format != "text":  # (absent: the digests of older versions)
+      digest.update(f"\0format {format}".encode())
     super().__init__(name=digest.hexdigest()[:16],
                      description=f"{len(self.files)} local text file(s)")
 
@@ -199,7 +211,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _documents(self, files: Sequence[str]) -> list[str]:
     cfg = self.builder_config
     return [d for path in files
-            for d in read_documents(path, cfg.text_field, cfg.max_chars)]
+            for d in read_documents(path, cfg.text_field, cfg.max_chars,
+                                    cfg.format)]
 
   def _generate_examples(self, docs: Sequence[str]):
     for i, doc in enumerate(docs):
@@ -213,11 +226,12 @@ def prepare_local_text(
     text_field: str = "text",
     max_chars: int = 8192,
     validation_fraction: float = 0.1,
+    format: str = "text",  # pylint: disable=redefined-builtin
 ) -> LocalText:
   """Prepares (once) and returns the `LocalText` builder for `files`."""
   config = LocalTextConfig(
       files=expand_files(files), text_field=text_field, max_chars=max_chars,
-      validation_fraction=validation_fraction,
+      validation_fraction=validation_fraction, format=format,
   )
   return prepare(config, data_dir)
 

@@ -18,6 +18,11 @@ batch does not depend on the number of processes. The train iterator's state
   ("bytes" or a SentencePiece model path) and packed (`packing.py`).
   "text" and "python" are prepared once as TFDS datasets in
   `data.data_dir` ("": `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+  `data.format` = "chat" (an optional field; absent: "text") reads
+  conversations instead (`chat.py`): `.jsonl` files (source=text) or a TFDS
+  feature holding each conversation's JSON (source=tfds), under
+  `data.text_field`, rendered in the Gemma chat template with the loss on
+  the model turns only.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.data import chat
 from recurrentgemma_jax.data import code_corpus
 from recurrentgemma_jax.data import local_text
 from recurrentgemma_jax.data import packing
@@ -56,6 +62,31 @@ LM_DEFAULTS: dict[str, Any] = {
     "python_max_bytes": 0,  # source=python: > 0 caps the corpus's bytes
 }
 SOURCES = ("tfds", "text", "python")
+# Optional `data` fields of the "lm" task: absent from older configs (and so
+# from LM_DEFAULTS, which would make resuming those workdirs a data change).
+LM_OPTIONAL: dict[str, Any] = {
+    "format": "text",  # text | chat (see chat.py)
+}
+
+
+def set_format(data: ml_collections.ConfigDict, format: str) -> None:  # pylint: disable=redefined-builtin
+  """Applies an experiment's `format=` argument to its `data` section.
+
+  "text" leaves `data` as it is; "chat" reads conversations (`chat.py`)
+  from the `messages` field of each record (`data.text_field`).
+
+  Raises:
+    ConfigError: an unknown format, or chat data without files or dataset.
+  """
+  if format not in local_text.FORMATS:
+    raise ConfigError(f"format={format!r} is not one of "
+                      f"{', '.join(local_text.FORMATS)}")
+  if format == "text":
+    return
+  if data.source not in ("text", "tfds"):
+    raise ConfigError("format=chat needs conversations: give files=GLOBS "
+                      "of .jsonl files with a 'messages' list per line")
+  data.update(format="chat", text_field="messages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,20 +164,34 @@ def _synthetic_task(config, local: int, shard: slice) -> Task:
 
 
 def _lm_task(config, local: int, shard: slice, process_index: int) -> Task:
-  unknown = set(config.data.keys()) - set(LM_DEFAULTS)
+  unknown = set(config.data.keys()) - set(LM_DEFAULTS) - set(LM_OPTIONAL)
   if unknown:
     raise ConfigError(f"data: unknown field(s) {sorted(unknown)} for task lm")
-  data = ml_collections.ConfigDict({**LM_DEFAULTS, **config.data.to_dict()})
+  data = ml_collections.ConfigDict(
+      {**LM_DEFAULTS, **LM_OPTIONAL, **config.data.to_dict()})
+  if data.format not in local_text.FORMATS:
+    raise ConfigError(f"data.format={data.format!r} is not one of "
+                      f"{', '.join(local_text.FORMATS)}")
+  if data.format == "chat" and data.source == "python":
+    raise ConfigError("data.format=chat reads conversations: give .jsonl "
+                      "files (files=, data.source=text) or a TFDS dataset, "
+                      "not data.source=python")
   tokenizer = tokenizers.get_tokenizer(data.tokenizer)
+  # Prepared local datasets store each document under "text".
+  field = "text" if data.source in ("text", "python") else data.text_field
+  if data.format == "chat":  # (a tokenizer without the markers fails here)
+    tokenize = packing.ChatTokenize(chat.ChatFormat(tokenizer), field)
+  else:
+    tokenize = packing.Tokenize(tokenizer, field)
   train_source, eval_source = _lm_sources(data, process_index)
-  tokenize = packing.Tokenize(tokenizer, data.text_field)
 
   def build(source: Any, *, train: bool) -> grain.IterDataset:
     ds = grain.MapDataset.source(source)
     if train:  # reshuffled every epoch, endless
       ds = ds.shuffle(seed=config.seed).repeat()
     docs = ds[shard].map(tokenize).to_iter_dataset()
-    rows = packing.pack(docs, config.seq_len)
+    rows = packing.pack(docs, config.seq_len,
+                        loss_mask=data.format == "chat")
     return rows.batch(local, drop_remainder=True)
 
   return Task(
@@ -185,7 +230,7 @@ def _prepare_text(data, data_dir):
   return local_text.prepare_local_text(
       data.files, data_dir, text_field=data.text_field,
       max_chars=data.max_chars,
-      validation_fraction=data.validation_fraction,
+      validation_fraction=data.validation_fraction, format=data.format,
   )
 
 

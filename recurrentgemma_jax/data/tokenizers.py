@@ -1,7 +1,8 @@
 """Tokenizers: a byte-level default that needs no file, and SentencePiece.
 
 Both map text to a list of int ids and expose `vocab_size`, `bos_id`,
-`eos_id` and `pad_id`.
+`eos_id` and `pad_id`, and `piece_id(piece)`: the single id of a special
+piece such as `<end_of_turn>` (None when the vocabulary has none).
 """
 
 from __future__ import annotations
@@ -22,16 +23,24 @@ class Tokenizer(Protocol):
 
   def decode(self, ids: list[int]) -> str: ...
 
+  def piece_id(self, piece: str) -> int | None: ...
+
 
 class ByteTokenizer:
   """UTF-8 bytes shifted past three specials: pad 0, bos 1, eos 2.
 
-  Vocabulary: 259 ids. Lossless for any text, no file needed.
+  Vocabulary: 259 ids. Lossless for any text, no file needed; it has no
+  special pieces (the chat template spells its markers as bytes).
   """
 
   pad_id, bos_id, eos_id = 0, 1, 2
   _OFFSET = 3
   vocab_size = 256 + _OFFSET
+  lossless = True
+
+  def piece_id(self, piece: str) -> None:
+    del piece
+    return None
 
   def encode(self, text: str) -> list[int]:
     return [b + self._OFFSET for b in text.encode("utf-8")]
@@ -70,6 +79,16 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: list[int]) -> str:
     return self._sp.decode(list(ids))
+
+  def piece_id(self, piece: str) -> int | None:
+    return sentencepiece_piece_id(self._sp, piece)
+
+
+def sentencepiece_piece_id(sp, piece: str) -> int | None:
+  """The id of `piece` in a `SentencePieceProcessor`, or None (its
+  `piece_to_id` answers the unknown id for a missing piece)."""
+  i = int(sp.piece_to_id(piece))
+  return i if sp.id_to_piece(i) == piece else None
 
 
 def get_tokenizer(name: str) -> Tokenizer:

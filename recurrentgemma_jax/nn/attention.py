@@ -149,6 +149,37 @@ def blocked_local_attention(
   return out.reshape(b, n * c, *out.shape[3:])[:, :t]
 
 
+def local_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    doc_ids: jax.Array,
+    window: int | None,
+    impl: str = "auto",
+) -> jax.Array:
+  """`blocked_local_attention`'s math by implementation `impl`.
+
+  "xla" and "auto" run `blocked_local_attention`; "pallas_gpu" the flash
+  kernel of `pallas_kernels.gpu_local_attention` (interpret mode off the
+  GPU, for tests; on one device: under a multi-device mesh XLA gathers its
+  operands). "auto" stays "xla" until the kernel is timed on a GPU
+  (docs/benchmarks.md, "Where our step's time goes").
+  """
+  if impl in ("auto", "xla"):
+    return blocked_local_attention(q, k, v, doc_ids, window)
+  if impl != "pallas_gpu":
+    raise ValueError(f"attention impl must be auto, xla or pallas_gpu, got "
+                     f"{impl!r}")
+  backend = jax.default_backend()
+  if backend == "tpu":
+    raise ValueError("attention_impl='pallas_gpu' is a GPU kernel; use "
+                     "'auto' or 'xla' on TPU")
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels import gpu_local_attention
+  return gpu_local_attention.local_attention(
+      q, k, v, doc_ids, window, interpret=backend != "gpu")
+
+
 class LocalAttentionBlock(nnx.Module):
   """Multi-query attention: N query heads, one key/value head.
 
@@ -163,6 +194,7 @@ class LocalAttentionBlock(nnx.Module):
       window_size: int | None,
       *,
       final_scale: float = 1.0,
+      impl: str = "auto",
       dtype: jnp.dtype = jnp.float32,
       param_dtype: jnp.dtype = jnp.float32,
       rngs: nnx.Rngs,
@@ -170,6 +202,7 @@ class LocalAttentionBlock(nnx.Module):
     self.num_heads = num_heads
     self.head_dim = width // num_heads
     self.window_size = window_size
+    self.impl = impl
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.proj_q = Dense(width, width, axes=("embed", "q_heads"),
@@ -224,7 +257,7 @@ class LocalAttentionBlock(nnx.Module):
     q = apply_rope(q, segment_pos) * (self.head_dim**-0.5)
     k = apply_rope(k, segment_pos)[:, :, 0]
     if cache is None:
-      out = blocked_local_attention(q, k, v, doc_ids, self.window_size)
+      out = local_attention(q, k, v, doc_ids, self.window_size, self.impl)
     else:
       out = _attend_with_cache(q, k, v, positions, doc_ids, cache,
                                self.window_size)

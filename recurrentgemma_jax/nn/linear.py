@@ -36,10 +36,17 @@ class Dense(nnx.Module):
         P.param(rngs, P.zeros(), (out_features,), (axes[1],), param_dtype)
         if use_bias else None
     )
+    # A low-rank adapter (`nn/lora.py`, attached by `add_lora`), or None.
+    self.lora = nnx.data(None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., in] -> [..., out]` in the compute dtype."""
-    y = jnp.dot(P.cast(x, self.dtype), P.cast(self.kernel, self.dtype))
+    x = P.cast(x, self.dtype)
+    kernel = P.cast(self.kernel, self.dtype)
+    if self.lora is None:
+      y = jnp.dot(x, kernel)
+    else:  # x @ kernel plus the low-rank update
+      y = self.lora.project(x, kernel, jnp.dot)
     if self.bias is not None:
       y = y + P.cast(self.bias, self.dtype)
     return y

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,6 +41,8 @@ class MLPBlock(nnx.Module):
         expanded_width, width, axes=("mlp", "embed"), scale=final_scale,
         dtype=dtype, param_dtype=param_dtype, rngs=rngs,
     )
+    # A low-rank adapter of `ffw_up.w` (`nn/lora.py`), or None.
+    self.ffw_up_lora = nnx.data(None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[B, T, D] -> [B, T, D]`."""
@@ -55,7 +59,11 @@ class MLPBlock(nnx.Module):
     # `xb` and `up` gathered over the whole global batch (RecurrentGemma-9B
     # on v5p-128: 6 GiB per block, docs/tpu.md).
     xb = sharding.constrain(xb, sharding.MLP_IN_AXES)
-    up = jnp.einsum("cbtd,cdf->cbtf", xb, w) + b
+    if self.ffw_up_lora is None:
+      up = jnp.einsum("cbtd,cdf->cbtf", xb, w) + b
+    else:  # the same einsum plus the low-rank update
+      up = self.ffw_up_lora.project(
+          xb, w, functools.partial(jnp.einsum, "cbtd,cdf->cbtf")) + b
     up = sharding.constrain(up, sharding.MLP_UP_AXES)
     gate, value = up[0], up[1]
     return self.ffw_down(jax.nn.gelu(gate, approximate=True) * value)

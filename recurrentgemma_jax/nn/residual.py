@@ -43,7 +43,7 @@ class ResidualBlock(nnx.Module):
     else:
       self.attention_block = LocalAttentionBlock(
           config.width, config.num_heads, config.attention_window_size,
-          final_scale=final_scale, **kw,
+          final_scale=final_scale, impl=config.attention_impl, **kw,
       )
     self.channel_pre_norm = RMSNorm(config.width, **kw)
     self.mlp_block = MLPBlock(

@@ -21,6 +21,13 @@ How a call runs:
 generated tokens; `generate(more, ..., state=that)` continues each row
 (more prompt tokens are fed as a chunk, then decoding goes on). The
 `Conversation` helper does this turn by turn.
+
+Chat mode (`generate(..., chat=True)`, `stream(..., chat=True)`,
+`conversation(chat=True)`): each prompt (a string: one user turn, or a
+`messages` list) is wrapped in the instruction-tuned chat template of
+`data/chat.py`, `<bos><start_of_turn>user\\n{prompt}<end_of_turn>\\n
+<start_of_turn>model\\n`, and generation stops at `<end_of_turn>`; a
+conversation wraps each new user turn the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -64,6 +71,8 @@ class SamplerOutput:
       included), to continue with `generate(..., state=)`; None unless
       `return_state=True`.
     prompt_tokens: the token ids each row was prompted with (BOS included).
+    consumed: per row, the generated tokens that `state` holds (`tokens`
+      plus the stop token or stop string); None unless `return_state=True`.
   """
 
   text: list[str] | None
@@ -73,6 +82,7 @@ class SamplerOutput:
   logits: list[np.ndarray] | None = None
   state: DecodeState | None = None
   prompt_tokens: list[list[int]] | None = None
+  consumed: list[list[int]] | None = None
 
 
 @dataclasses.dataclass
@@ -100,12 +110,23 @@ class _Tokenizer:
     self.bos_id = _attr(tok, "bos_id")
     self.eos_id = _attr(tok, "eos_id")
     self.pad_id = _attr(tok, "pad_id")
+    self.lossless = bool(getattr(tok, "lossless", False))
 
   def encode(self, text: str) -> list[int]:
     return [int(t) for t in self.tok.encode(text)]
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode([int(i) for i in ids])
+
+  def piece_id(self, piece: str) -> int | None:
+    """The single id of a special piece (chat markers), or None."""
+    if hasattr(self.tok, "piece_id"):
+      return self.tok.piece_id(piece)
+    if hasattr(self.tok, "piece_to_id"):  # a SentencePieceProcessor
+      from recurrentgemma_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+
+      return tokenizers.sentencepiece_piece_id(self.tok, piece)
+    return None
 
 
 def _attr(obj: Any, *names: str) -> int | None:
@@ -129,6 +150,12 @@ def _is_id_row(p: Any) -> bool:
     return p.ndim == 1
   return (isinstance(p, Sequence) and not isinstance(p, str) and len(p) > 0
           and isinstance(p[0], (int, float, np.number)))
+
+
+def _is_messages(p: Any) -> bool:
+  """Whether `p` is one chat prompt given as a `messages` list."""
+  return (isinstance(p, Sequence) and not isinstance(p, str) and len(p) > 0
+          and isinstance(p[0], Mapping))
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -244,15 +271,44 @@ class Sampler:
   def eos_id(self) -> int | None:
     return self.tokenizer.eos_id if self.tokenizer else None
 
+  @functools.cached_property
+  def chat_format(self):
+    """The chat template on this sampler's tokenizer (`data/chat.py`)."""
+    from recurrentgemma_jax.data import chat  # pylint: disable=g-import-not-at-top
+
+    if self.tokenizer is None:
+      raise ValueError("chat mode needs a tokenizer")
+    return chat.ChatFormat(self.tokenizer)
+
+  def _chat_stop(self, stop) -> list[str | int]:
+    """`stop` plus the end of a model turn."""
+    return stopping.as_list(stop) + [self.chat_format.stop]
+
   def encode(self, prompts: Prompt | Sequence[Prompt], *,
-             add_bos: bool | None = None) -> list[list[int]]:
-    """Token ids of each prompt (strings are tokenized, with BOS if set)."""
+             add_bos: bool | None = None, chat: bool = False
+             ) -> list[list[int]]:
+    """Token ids of each prompt (strings are tokenized, with BOS if set).
+
+    With `chat`, each prompt is a string (one user turn) or a `messages`
+    list, rendered in the chat template up to the model header.
+    """
+    from recurrentgemma_jax.data import chat as chat_lib  # pylint: disable=g-import-not-at-top
+
     add_bos = self.add_bos if add_bos is None else add_bos
-    if isinstance(prompts, str) or _is_id_row(prompts):
+    if isinstance(prompts, str) or _is_id_row(prompts) or _is_messages(
+        prompts):
       prompts = [prompts]
     rows = []
     for p in prompts:
-      if isinstance(p, str):
+      if chat:
+        if not (isinstance(p, str) or _is_messages(p)):
+          raise ValueError("chat prompts are strings or messages lists, not "
+                           "token ids")
+        ids = self.chat_format.prompt(chat_lib.as_turns(p), bos=add_bos)
+        check_token_ids(ids, self.config.vocab_size, name="prompt")
+      elif _is_messages(p):
+        raise ValueError("a messages list is a chat prompt: pass chat=True")
+      elif isinstance(p, str):
         if self.tokenizer is None:
           raise ValueError("string prompts need a tokenizer; pass token ids")
         ids = self.tokenizer.encode(p)
@@ -380,6 +436,7 @@ class Sampler:
       return_logits: bool = False,
       state: DecodeState | None = None,
       return_state: bool = False,
+      chat: bool = False,
   ) -> SamplerOutput:
     """Generates up to `max_new_tokens` tokens after each prompt.
 
@@ -401,14 +458,18 @@ class Sampler:
       state: continue these rows (from an earlier `return_state=True` call):
         the prompts are appended to them (no BOS), and may be empty.
       return_state: return the state after the generated tokens.
+      chat: wrap each prompt (a string or a `messages` list) in the chat
+        template and stop at `<end_of_turn>` (see the module docstring).
 
     Returns:
       `SamplerOutput`.
     """
     sampling = SamplingParams(temperature, top_k, top_p)
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    if chat:
+      stop = self._chat_stop_for_new(stop, state)
     if state is None:
-      rows = self.encode(prompts)
+      rows = self.encode(prompts, chat=chat)
       start = self.prefill(rows, max_new_tokens)
     else:
       rows = self._continuation_rows(prompts, state.batch_size)
@@ -470,6 +531,7 @@ class Sampler:
       if logits is not None:
         result.logits.append(logits[i, :keep])
     if return_state:
+      result.consumed = replay
       if any(len(r) < n for r, n in zip(replay, lengths)):
         # A stop string ended a row in its text but not as the tokens the
         # device looked for: rebuild the state from before the generation
@@ -478,6 +540,12 @@ class Sampler:
       else:
         result.state = out.state
     return result
+
+  def _chat_stop_for_new(self, stop, state) -> list[str | int]:
+    if state is not None:
+      raise ValueError("chat=True starts new conversations; continue one "
+                       "turn by turn with Sampler.conversation(chat=True)")
+    return self._chat_stop(stop)
 
   def _continuation_rows(self, prompts, batch_size: int) -> list[list[int]]:
     if prompts is None or (isinstance(prompts, (list, tuple)) and
@@ -533,6 +601,7 @@ class Sampler:
       stop_at_eos: bool = True,
       seed: int | Sequence[int] = 0,
       state: DecodeState | None = None,
+      chat: bool = False,
   ) -> Iterator[StreamStep]:
     """Like `generate`, but yields each step as soon as it is sampled.
 
@@ -541,12 +610,15 @@ class Sampler:
     or when its text contains a stop string; the iterator ends when every
     row has ended. Text that could be the start of a stop string is held
     back until it is known not to be one, so stop text never appears.
-    After the loop, `self.last_state` holds the state.
+    After the loop, `self.last_state` holds the state. `chat` as in
+    `generate`.
     """
     sampling = SamplingParams(temperature, top_k, top_p)
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    if chat:
+      stop = self._chat_stop_for_new(stop, state)
     if state is None:
-      rows = self.encode(prompts)
+      rows = self.encode(prompts, chat=chat)
       current = self.prefill(rows, max_new_tokens)
     else:
       rows = self._continuation_rows(prompts, state.batch_size)
@@ -605,9 +677,10 @@ class Sampler:
         break
     self.last_state = current
 
-  def conversation(self, **defaults) -> "Conversation":
+  def conversation(self, *, chat: bool = False, **defaults
+                   ) -> "Conversation":
     """A `Conversation` over this sampler (`defaults` go to each turn)."""
-    return Conversation(self, **defaults)
+    return Conversation(self, chat=chat, **defaults)
 
 
 class Conversation:
@@ -619,20 +692,50 @@ class Conversation:
 
   Each turn feeds only the new text: the model's cache already holds the
   conversation, whatever its length (constant memory).
+
+  With `chat=True`, each `send` takes a user turn (a string, or a
+  `messages` list, e.g. a system message and the first user turn) and
+  wraps it in the chat template: the first as `<bos><start_of_turn>user\\n
+  ...<end_of_turn>\\n<start_of_turn>model\\n`, later ones after the `\\n`
+  that follows the reply's `<end_of_turn>` (added first if the reply was
+  cut, e.g. by max_new_tokens). Replies stop at `<end_of_turn>`.
   """
 
-  def __init__(self, sampler: Sampler, **defaults):
+  def __init__(self, sampler: Sampler, *, chat: bool = False, **defaults):
     self.sampler = sampler
+    self.chat = chat
     self.defaults = defaults
     self.state: DecodeState | None = None
     self.history: list[tuple[Prompt, SamplerOutput]] = []
+    self._turn_open = False  # chat: the last reply has no <end_of_turn>
+    if chat:
+      sampler.chat_format  # pylint: disable=pointless-statement  # fail now
+
+  def _chat_ids(self, prompt) -> list[int]:
+    from recurrentgemma_jax.data import chat as chat_lib  # pylint: disable=g-import-not-at-top
+
+    if not (isinstance(prompt, str) or _is_messages(prompt)):
+      raise ValueError("a chat turn is a string or a messages list, not "
+                       "token ids")
+    fmt = self.sampler.chat_format
+    turns = chat_lib.as_turns(prompt)
+    if self.state is None:
+      return fmt.prompt(turns, bos=self.sampler.add_bos)
+    return fmt.continuation(turns, close_model_turn=self._turn_open)
 
   def send(self, prompt: Prompt, **kwargs) -> str | list[int]:
     """Appends `prompt`, generates a reply; returns its text (or tokens)."""
     options = {**self.defaults, **kwargs}
     options.setdefault("max_new_tokens", 64)
-    out = self.sampler.generate([prompt], state=self.state,
+    row = prompt
+    if self.chat:
+      row = self._chat_ids(prompt)
+      options["stop"] = self.sampler._chat_stop(options.get("stop"))  # pylint: disable=protected-access
+    out = self.sampler.generate([row], state=self.state,
                                 return_state=True, **options)
     self.state = out.state
+    if self.chat:
+      self._turn_open = not self.sampler.chat_format.ends_turn(
+          out.consumed[0])
     self.history.append((prompt, out))
     return out.text[0] if out.text is not None else out.tokens[0]

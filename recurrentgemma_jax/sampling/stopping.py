@@ -39,6 +39,15 @@ class StopCriteria:
     return max((len(s) for s in self.sequences), default=0)
 
 
+def as_list(stop: str | int | Iterable[str | int] | None) -> list[str | int]:
+  """A call's `stop` argument (None, one stop, or several) as a list."""
+  if stop is None:
+    return []
+  if isinstance(stop, (str, int, np.integer)):
+    return [stop]
+  return list(stop)
+
+
 def resolve(
     stop: str | int | Iterable[str | int] | None,
     *,
@@ -54,12 +63,7 @@ def resolve(
     eos_id: the end-of-sequence token.
     stop_at_eos: also stop at `eos_id`.
   """
-  if stop is None:
-    items = []
-  elif isinstance(stop, (str, int, np.integer)):
-    items = [stop]
-  else:
-    items = list(stop)
+  items = as_list(stop)
   ids, sequences, strings = [], [], []
   if stop_at_eos and eos_id is not None and eos_id >= 0:
     ids.append(int(eos_id))

@@ -21,6 +21,11 @@ Slice names: the Cloud TPU accelerator types (`v4-32`, `v5p-128`,
 `v5litepod-16` / `v5e-16`, `v6e-16`) or a libtpu topology name
 (`v5p:4x4x4`, `v5e:4x4`). For v4 and v5p the number counts TensorCores (two
 per chip), for v5e and v6e chips.
+
+`--topology=local` compiles for this machine's own devices instead (a GPU,
+or the CPU) with the config's scan implementation, and measures against the
+device's memory limit (a GPU's `bytes_limit`; the host's RAM for the CPU):
+the same report for a GPU, on a GPU machine.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ GENERATIONS = {
     "v6e": Generation("v6e", 32 * GiB, 2, 1),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
+
+
+LOCAL = "local"  # the `--topology` of this machine's own devices
 
 
 class DoesNotFitError(ConfigError):
@@ -123,6 +131,13 @@ def topology_devices(slice_name: str
                      ) -> tuple[Generation, str, list[Any], int]:
   """Compile-only TPU devices of a slice, one per chip, and how many
   TensorCore devices libtpu gives per chip (needs libtpu, not a TPU)."""
+  if slice_name.strip().lower() == LOCAL:
+    devices = jax.devices()
+    stats = devices[0].memory_stats() or {}
+    limit = stats.get("bytes_limit") or (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return (Generation(devices[0].platform, int(limit), 0, 1), LOCAL,
+            devices, 1)
   gen, name = topology_name(slice_name)
   # Compiling touches no TPU: let several processes (parallel compiles,
   # tests) load libtpu instead of failing on its lock file.
@@ -143,12 +158,15 @@ def topology_devices(slice_name: str
   return gen, name, cores, len(devices) // len(cores)
 
 
-def _model_config(config: ml_collections.ConfigDict) -> GriffinConfig:
-  """The model of `config` with the Pallas TPU scans, without reading data
-  (only the tokenizer or the synthetic task, for the vocabulary)."""
+def _model_config(config: ml_collections.ConfigDict, tpu: bool = True
+                  ) -> GriffinConfig:
+  """The model of `config` with the Pallas TPU scans (`tpu`), without
+  reading data (only the tokenizer or the synthetic task, for the
+  vocabulary)."""
   model = config.model.copy_and_resolve_references()
   model.unlock()
-  model.scan_impl = "pallas_tpu"
+  if tpu:
+    model.scan_impl = "pallas_tpu"
   if model.vocab_size is not None or config.init_from.checkpoint:
     # Released weights keep their preset's vocabulary.
     return config_lib.build_model_config(model)
@@ -276,10 +294,12 @@ def _target(config: Any, slice_name: str) -> _Target:
   if config.seq_len % mesh.shape["sequence"]:
     raise ConfigError(f"seq_len={config.seq_len} is not divisible by the "
                       f"sequence axis ({mesh.shape['sequence']})")
-  model_config = _model_config(config)
+  model_config = _model_config(config, tpu=name != LOCAL)
   tx = optimizer_lib.make_optimizer(config)
   schedule = optimizer_lib.learning_rate_schedule(config)
-  spec = state_lib.state_spec(model_config, tx, mesh)
+  spec = state_lib.state_spec(model_config, tx, mesh,
+                              lora=config_lib.lora_config(config),
+                              base_dtype=config.lora.base_dtype or None)
   batch_sharding = sharding.batch_sharding(mesh)
   shape = (config.batch_size, config.seq_len)
   batch = {

@@ -26,6 +26,13 @@ newest intact checkpoint survives a failed save. A failed save (e.g. a full
 disk) raises `WorkdirError` naming the storage, the step and the newest
 intact checkpoint.
 
+A LoRA run (`frozen`: a `frozen.FrozenParams`) saves only the trained
+part of `params` (the adapters), the optimizer state and the step, plus
+`base_digest`, the fingerprint of the frozen base. Restoring loads the base
+again (`FrozenParams.take`) and joins it to the adapters; `problem` and
+`restore` refuse (`WorkdirError`) a checkpoint whose digest differs: it was
+trained on other base weights.
+
 Preemption: on one process, SIGTERM and SIGINT (Ctrl-C; a second one quits
 without saving) set a flag; with several processes, JAX's preemption sync
 manager (started by `jax.distributed.initialize`) catches SIGTERM and makes
@@ -49,6 +56,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from recurrentgemma_jax.training import frozen as frozen_lib
 from recurrentgemma_jax.training.workdir import WorkdirError
 from recurrentgemma_jax.training.workdir import describe_storage
 from recurrentgemma_jax.training.workdir import disk_full
@@ -56,6 +64,7 @@ from recurrentgemma_jax.training.workdir import disk_full
 COMMIT_MARKER = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"  # in the names of unfinished saves
 DAMAGED_DIR = "damaged_checkpoints"  # beside `checkpoints/`
+DIGEST_KEY = "base_digest"  # a LoRA checkpoint's fingerprint of its base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +164,12 @@ def _differences(stored: dict, expected: dict, limit: int = 3) -> str:
 class Checkpointer:
   """Saves and restores `{state, data iterator}` pairs by step."""
 
-  def __init__(self, directory: str, *, keep: int, read_only: bool = False):
+  def __init__(self, directory: str, *, keep: int, read_only: bool = False,
+               frozen: frozen_lib.FrozenParams | None = None):
     self.directory = epath.Path(directory)
     self.keep = keep
     self.read_only = read_only
+    self.frozen = frozen
     self._manager: ocp.CheckpointManager | None = None
     self._pending: int | None = None  # the step being saved asynchronously
     self._failed = False
@@ -293,13 +304,73 @@ class Checkpointer:
       return f"its metadata is unreadable ({one_line(e)})"
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
-    differences = _differences(_shapes(tree), _shapes(abstract_state))
+    differences = _differences(_shapes(tree),
+                               _shapes(self._saved_abstract(abstract_state)))
     if differences:
       raise WorkdirError(
           f"checkpoint step {step} in {self.directory} does not fit this "
           f"config's train state: {differences}. The config is not the "
           "run's: use the workdir's config.json or a new workdir")
+    if self.frozen is not None:
+      try:
+        stored = self._read_digest(path)
+      except Exception as e:  # pylint: disable=broad-except
+        return f"its {DIGEST_KEY} is unreadable ({one_line(e)})"
+      self._check_base(step, stored)
     return None
+
+  # The frozen base of a LoRA run ---------------------------------------------
+
+  def _saved(self, state: Any) -> Any:
+    """What a checkpoint holds of `state`: without a LoRA run's base."""
+    if self.frozen is None:
+      return state
+    digest = jax.device_put(self.frozen.digest(), self.frozen.sharding)
+    return {**state, "params": frozen_lib.select(state["params"],
+                                                 self.frozen.trainable),
+            DIGEST_KEY: digest}
+
+  def _saved_abstract(self, abstract_state: Any) -> Any:
+    if self.frozen is None:
+      return abstract_state
+    digest = jax.ShapeDtypeStruct((len(self.frozen.paths),), np.uint32,
+                                  sharding=self.frozen.sharding)
+    return {**abstract_state,
+            "params": frozen_lib.select(abstract_state["params"],
+                                        self.frozen.trainable),
+            DIGEST_KEY: digest}
+
+  def _read_digest(self, path: epath.Path) -> np.ndarray:
+    with _quiet_orbax():
+      reader = ocp.PyTreeCheckpointer()
+      try:
+        item = {DIGEST_KEY: np.zeros((), np.uint32)}
+        restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+            item=item, partial_restore=True,
+            restore_args={DIGEST_KEY: ocp.RestoreArgs(
+                restore_type=np.ndarray)}))
+      finally:
+        reader.close()
+    return np.asarray(restored[DIGEST_KEY])
+
+  def _check_base(self, step: int, stored: np.ndarray) -> None:
+    different = self.frozen.first_difference(stored)
+    if different:
+      raise WorkdirError(
+          f"checkpoint step {step} in {self.directory} was trained on other "
+          f"base weights than this run loads (init_from, or the seed): "
+          f"{different} differs. Use the run's base weights (its "
+          "config.json) or a new workdir")
+
+  def _with_base(self, step: int, restored: Any) -> Any:
+    """A restored LoRA checkpoint joined to the base it was trained on."""
+    if self.frozen is None:
+      return restored
+    self._check_base(step, np.asarray(jax.device_get(restored[DIGEST_KEY])))
+    state = {k: v for k, v in restored.items() if k != DIGEST_KEY}
+    state["params"] = frozen_lib.combine(self.frozen.take(),
+                                         state["params"])
+    return state
 
   def set_aside(self, step: int) -> str:
     """Moves checkpoint `step` to `WORKDIR/damaged_checkpoints/`; returns
@@ -339,7 +410,7 @@ class Checkpointer:
       manager.save(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
+              state=ocp.args.StandardSave(self._saved(state)),
               data=grain.checkpoint.CheckpointSave(data_iterator),
           ),
           force=True,
@@ -353,21 +424,27 @@ class Checkpointer:
     """Restores the state (onto the shardings in `abstract_state`).
 
     When `data_iterator` is given, its position is restored in place;
-    without it, nothing but the state is read and nothing is written.
+    without it, nothing but the state is read and nothing is written. A
+    LoRA run's base is loaded and joined to the restored adapters.
+
+    Raises:
+      WorkdirError: a LoRA checkpoint of other base weights.
     """
+    saved = self._saved_abstract(abstract_state)
     if data_iterator is None:
       with _quiet_orbax():
         reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
         try:
-          return reader.restore(self.directory / str(step) / "state",
-                                args=ocp.args.StandardRestore(abstract_state))
+          restored = reader.restore(self.directory / str(step) / "state",
+                                    args=ocp.args.StandardRestore(saved))
         finally:
           reader.close()
-    args = {"state": ocp.args.StandardRestore(abstract_state),
+      return self._with_base(step, restored)
+    args = {"state": ocp.args.StandardRestore(saved),
             "data": grain.checkpoint.CheckpointRestore(data_iterator)}
     restored = self._get_manager().restore(step,
                                            args=ocp.args.Composite(**args))
-    return restored.state
+    return self._with_base(step, restored.state)
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are committed, then deletes

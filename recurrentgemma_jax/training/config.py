@@ -26,6 +26,7 @@ from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.config import block_pattern
+from recurrentgemma_jax.nn import lora as lora_lib
 
 # GriffinConfig fields an experiment may override, with their types.
 # `attention_window_size = 0` means global attention (None in GriffinConfig).
@@ -51,7 +52,7 @@ def model_config(preset: str = "", **values) -> ml_collections.ConfigDict:
       size field explicitly.
     **values: any of `MODEL_OVERRIDES`, `kind` ("griffin", "hawk", "mqa")
       and `depth` (these two set `block_types`), and the compute fields
-      dtype, param_dtype, scan_impl, fused_rg_lru, remat.
+      dtype, param_dtype, scan_impl, fused_rg_lru, attention_impl, remat.
 
   Raises:
     ConfigError: an unknown preset or kind, here in the experiment file,
@@ -73,9 +74,45 @@ def model_config(preset: str = "", **values) -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   c.scan_impl = "auto"
   c.fused_rg_lru = True
+  c.attention_impl = "auto"
   c.remat = "none"
   c.update(values)
   return c
+
+
+def hf_model_config(path: str, **values) -> ml_collections.ConfigDict:
+  """The `model` section describing a Hugging Face checkpoint folder's
+  model (its config.json, as `from_hf` reads it), for `init_from.hf`.
+
+  Args:
+    path: the checkpoint folder.
+    **values: compute fields (dtype, remat, ...) or overrides, as for
+      `model_config`.
+
+  Raises:
+    ConfigError: a missing folder or config.json, a config our model cannot
+      reproduce, or a block pattern other than griffin / hawk / mqa.
+  """
+  from recurrentgemma_jax import hf  # pylint: disable=g-import-not-at-top
+
+  try:
+    griffin = hf.config_from_hf(hf.read_hf_config(path))
+  except FileNotFoundError as e:
+    raise ConfigError(f"init_from.hf: {e}") from None
+  except ConfigError as e:
+    raise ConfigError(f"init_from.hf: {path}: {e}") from None
+  depth = griffin.num_layers
+  kinds = [k for k in presets.MODEL_KINDS
+           if tuple(block_pattern(k, depth)) == griffin.block_types]
+  if not kinds:
+    raise ConfigError(
+        f"init_from.hf: {path}: the block pattern "
+        f"{[b.value for b in griffin.block_types]} is none of "
+        f"{', '.join(presets.MODEL_KINDS)}")
+  fields = {name: getattr(griffin, name) for name in MODEL_OVERRIDES
+            if getattr(griffin, name) is not None}
+  return model_config("", kind=kinds[0], depth=depth,
+                      **{**fields, **values})
 
 
 def synthetic_model(kind: str, window: int) -> ml_collections.ConfigDict:
@@ -184,6 +221,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict()
   c.init_from.checkpoint = ""
   c.init_from.preset = "recurrentgemma-2b"
+  # Or (not both) a Hugging Face checkpoint folder (`from_hf`): its
+  # config.json gives the model; `model` gives only the compute fields and,
+  # when set, attention_window_size (2048 = the official model's window for
+  # the released weights; by default transformers' window, one less).
+  c.init_from.hf = ""
+
+  # LoRA (`nn/lora.py`): with rank > 0 only low-rank adapters on the
+  # projections `targets` names are trained; every other parameter (the
+  # base: `init_from`'s weights, else the seed's) is frozen, gets no
+  # optimizer state and is not checkpointed (checkpoints hold a digest of
+  # it, and resuming on another base is refused).
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # 0: off, every parameter is trained
+  c.lora.alpha = 16.0  # the update x A B is scaled by alpha / rank
+  c.lora.dropout = 0.0  # on the adapters' input, while training
+  # Presets all | attention | mlp | recurrent (joined by "+"), or a regex
+  # searched in each projection weight's path, e.g.
+  # "blocks/3/attention_block/proj_q/kernel", "blocks/0/mlp_block/ffw_up/w".
+  # "all": attention q/k/v/final, MLP up/down, recurrent x/y/out.
+  c.lora.targets = "all"
+  # Storage dtype of the frozen base: "" (model.param_dtype), float32 or
+  # bfloat16 (half the memory; adapters keep model.param_dtype).
+  c.lora.base_dtype = ""
 
   c.mesh = ml_collections.ConfigDict(
       {"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1}
@@ -249,8 +309,10 @@ def build_model_config(
     if not (model.kind and model.depth):
       raise ConfigError("model.kind and model.depth must be given together")
     overrides["block_types"] = tuple(block_pattern(model.kind, model.depth))
-  for name in ("dtype", "param_dtype", "scan_impl", "fused_rg_lru", "remat"):
-    overrides[name] = model[name]
+  for name in ("dtype", "param_dtype", "scan_impl", "fused_rg_lru",
+               "attention_impl", "remat"):
+    if name in model:  # configs saved before a field existed lack it
+      overrides[name] = model[name]
   if model.preset:
     return GriffinConfig.from_preset(model.preset, **overrides)
   try:
@@ -371,6 +433,9 @@ RANGES: dict[str, Range] = {
     "optimizer.weight_decay": Range(0),
     "optimizer.grad_clip": Range(0),  # 0 disables clipping
     "loss.z_loss": Range(0),
+    "lora.rank": Range(0),  # 0: off
+    "lora.alpha": Range(0, open_low=True),
+    "lora.dropout": Range(0, 1, open_high=True),
     "model.depth": Range(1),
     "model.vocab_size": Range(1),
     "model.width": Range(1),
@@ -388,6 +453,7 @@ RANGES: dict[str, Range] = {
 }
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
+LORA_BASE_DTYPES = ("", "float32", "bfloat16")
 
 
 def _get(c: ml_collections.ConfigDict, name: str) -> Any:
@@ -432,3 +498,18 @@ def _check_relations(c: ml_collections.ConfigDict) -> None:
   except re.error as e:
     raise ConfigError(f"config field optimizer.no_decay="
                       f"{c.optimizer.no_decay!r} is not a regex: {e}") from e
+  if c.lora.base_dtype not in LORA_BASE_DTYPES:
+    raise ConfigError(
+        f"config field lora.base_dtype={c.lora.base_dtype!r} is not one of "
+        "'' (model.param_dtype), float32, bfloat16")
+  lora_lib.target_pattern(c.lora.targets)
+
+
+def lora_config(config: ml_collections.ConfigDict
+                ) -> lora_lib.LoRAConfig | None:
+  """The adapters of a validated config's `lora` section; None when off."""
+  c = config.lora
+  if not c.rank:
+    return None
+  return lora_lib.LoRAConfig(rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                             targets=c.targets)

@@ -52,6 +52,7 @@ from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import checkpointing
 from recurrentgemma_jax.training import config as config_lib
 from recurrentgemma_jax.training import flops as flops_lib
+from recurrentgemma_jax.training import frozen as frozen_lib
 from recurrentgemma_jax.training import loss as loss_lib
 from recurrentgemma_jax.training import metrics as metrics_lib
 from recurrentgemma_jax.training import optimizer as optimizer_lib
@@ -97,6 +98,7 @@ class Experiment:
   checkpointer: checkpointing.Checkpointer
   batch_sharding: NamedSharding
   init_params: Any | None  # released weights to start from, if any
+  frozen: frozen_lib.FrozenParams | None = None  # a LoRA run's base
 
   @property
   def is_main(self) -> bool:
@@ -123,11 +125,24 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _model_vocab(task: pipeline.Task) -> int:
-  """Default model vocabulary: the task's, padded to a multiple of 128 for
-  vocabularies above 128 (fast, shardable matmuls)."""
-  v = task.vocab_size
+def _model_vocab(v: int) -> int:
+  """Default model vocabulary: the task's `v`, padded to a multiple of 128
+  for vocabularies above 128 (fast, shardable matmuls)."""
   return v if v <= 128 else 128 * math.ceil(v / 128)
+
+
+def data_vocab_size(config) -> int:
+  """The vocabulary `setup` gives a model without `model.vocab_size`, found
+  without preparing the data (the tokenizer of an `lm` task)."""
+  if config.model.get("vocab_size"):
+    return config.model.vocab_size
+  if config.data.get("task") == "lm":
+    from recurrentgemma_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+
+    vocab = tokenizers.get_tokenizer(
+        config.data.get("tokenizer", "bytes")).vocab_size
+    return _model_vocab(vocab)
+  return _model_vocab(pipeline.make_task(config, 0, 1).vocab_size)
 
 
 def _load_init_params(config) -> tuple[GriffinConfig, Any]:
@@ -200,13 +215,12 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
         f"seq_len={config.seq_len} is not divisible by the sequence axis "
         f"({mesh.shape['sequence']})"
     )
+  lora = config_lib.lora_config(config)
+  if lora is not None:  # before the data and the weights are read
+    _check_lora_targets(config, lora)
   task = pipeline.make_task(config, jax.process_index(), jax.process_count())
-  init_params = None
-  if config.init_from.checkpoint:
-    model_config, init_params = _load_init_params(config)
-  else:
-    model_config = config_lib.build_model_config(config.model,
-                                                 _model_vocab(task))
+  model_config, init_params = initial_weights(config,
+                                              _model_vocab(task.vocab_size))
   if model_config.vocab_size < task.vocab_size:
     raise ConfigError(
         f"the data's vocabulary ({task.vocab_size} ids) is larger than the "
@@ -214,7 +228,14 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
     )
   _check_eval_data(config, task)
   tx = optimizer_lib.make_optimizer(config)
-  spec = state_lib.state_spec(model_config, tx, mesh)
+  spec = state_lib.state_spec(model_config, tx, mesh, lora=lora,
+                              base_dtype=config.lora.base_dtype or None)
+  frozen = None
+  if lora is not None:
+    frozen = frozen_lib.FrozenParams(
+        spec.trainable,
+        lambda: state_lib.init_base(spec, config.seed, init_params),
+        sharding.replicated(mesh))
   return Experiment(
       config=config,
       workdir=workdir,
@@ -226,10 +247,78 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
       spec=spec,
       checkpointer=checkpointing.Checkpointer(
           str(epath.Path(workdir) / "checkpoints"),
-          keep=config.keep_checkpoints, read_only=read_only),
+          keep=config.keep_checkpoints, read_only=read_only, frozen=frozen),
       batch_sharding=sharding.batch_sharding(mesh),
       init_params=init_params,
+      frozen=frozen,
   )
+
+
+def initial_weights(config, vocab_size: int | None = None
+                    ) -> tuple[GriffinConfig, Any | None]:
+  """The model of `config` and the weights it starts from: the pure-dict
+  parameters `init_from` names, or None (the seed's initialisation; the
+  model's vocabulary is then `vocab_size` unless `model.vocab_size` is
+  set)."""
+  if config.init_from.checkpoint and config.init_from.hf:
+    raise ConfigError("init_from.checkpoint and init_from.hf are both set: "
+                      "start from one of them")
+  if config.init_from.hf:
+    return _load_hf_params(config)
+  if config.init_from.checkpoint:
+    return _load_init_params(config)
+  return config_lib.build_model_config(config.model, vocab_size), None
+
+
+def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
+  """The Hugging Face checkpoint `config.init_from.hf` and its model config
+  (from its config.json; compute fields and a set window from `model`)."""
+  from recurrentgemma_jax import hf  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  model = config.model
+  path = os.path.expanduser(config.init_from.hf)
+  overrides = {name: model[name] for name in (
+      "dtype", "param_dtype", "scan_impl", "fused_rg_lru", "remat")}
+  if model.attention_window_size is not None:
+    overrides["attention_window_size"] = model.attention_window_size or None
+  try:
+    loaded = hf.from_hf(path, **overrides)
+  except (OSError, ValueError) as e:  # ConfigError is a ValueError
+    raise ConfigError(f"init_from.hf: {e}") from None
+  # The workdir's readers (sample, convert) rebuild the model from the
+  # `model` section: it must describe these weights.
+  fix = "build it with training.config.hf_model_config(path)"
+  try:
+    described = config_lib.build_model_config(model,
+                                              loaded.config.vocab_size)
+  except ConfigError as e:
+    raise ConfigError(f"init_from.hf: the model section does not describe "
+                      f"{path} ({e}); {fix}") from None
+  for field in ("vocab_size", "width", "mlp_expanded_width", "num_heads",
+                "lru_width_resolved", "lru_heads", "block_types",
+                "attention_window_size", "logits_soft_cap",
+                "embeddings_scale_by_sqrt_dim", "conv1d_temporal_width"):
+    got, want = getattr(described, field), getattr(loaded.config, field)
+    if got != want:
+      raise ConfigError(
+          f"init_from.hf: the model section does not describe {path} "
+          f"({field}: {got!r}, the checkpoint's {want!r}); {fix}")
+  return loaded.config, nnx.state(loaded, nnx.Param).to_pure_dict()
+
+
+def _check_lora_targets(config, lora) -> None:
+  """`lora.targets` must name a projection of the model; checked on the
+  model section alone when it describes the model (the weights are not
+  loaded yet), else later by `state_spec`."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  try:
+    model_config = config_lib.build_model_config(
+        config.model, config.model.vocab_size or 128)
+  except ConfigError:
+    return
+  nnx.eval_shape(lambda: state_lib.build_model(model_config, lora, 0))
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding_: NamedSharding,
@@ -288,7 +377,9 @@ def jit_train_step(config, spec: state_lib.StateSpec,
   train_step = step_lib.make_train_step(
       spec.graphdef, tx, schedule,
       grad_accum_steps=config.grad_accum_steps, z_loss=config.loss.z_loss,
-      batch_sharding=batch_sharding,
+      batch_sharding=batch_sharding, trainable=spec.trainable,
+      dropout_seed=(config.seed if spec.lora is not None and
+                    spec.lora.dropout > 0 else None),
   )
   return jax.jit(
       _with_model_sharding(train_step, mesh),
@@ -339,8 +430,9 @@ def _restore_or_init(exp: Experiment, train_iter, steps: list[int]):
       exp.checkpointer, exp.spec.abstract, train_iter, steps,
       main=exp.is_main)
   if state is None:
-    state = state_lib.init_train_state(exp.spec, exp.tx, exp.config.seed,
-                                       exp.init_params)
+    state = state_lib.init_train_state(
+        exp.spec, exp.tx, exp.config.seed, exp.init_params,
+        base=exp.frozen.take() if exp.frozen is not None else None)
   return state, step
 
 
@@ -428,13 +520,22 @@ def _train_locked(exp: Experiment) -> TrainResult:
     train_iter = iter(exp.task.train())
     state, start = _restore_or_init(exp, train_iter, found.steps)
     n_params = state_lib.num_params(exp.spec)
+    trained = ""
+    if exp.spec.lora is not None:
+      trained = (f" ({state_lib.num_trained(exp.spec) / 1e6:.2f}M trained: "
+                 f"LoRA rank {exp.spec.lora.rank})")
     flops_per_token = flops_lib.train_flops_per_token(exp.model_config,
                                                       config.seq_len)
+    if exp.spec.lora is not None:
+      # No weight gradients for the frozen base: forward + input gradients,
+      # two forward passes (a lower bound: the attention scores' backward
+      # and the adapters' own matmuls are left out).
+      flops_per_token *= 2 / 3
     tokens_per_step = config.batch_size * config.seq_len
     peak = (config.peak_tflops * 1e12 if config.peak_tflops
             else flops_lib.peak_flops_per_device())
     metrics_lib.log(
-        f"{exp.task.name}: {n_params / 1e6:.2f}M parameters, "
+        f"{exp.task.name}: {n_params / 1e6:.2f}M parameters{trained}, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token, mesh "
         f"{dict(exp.mesh.shape)}, "
         + (f"resuming from step {start}" if start else "starting at step 0")
@@ -602,8 +703,24 @@ def _evaluate_checkpoint(exp: Experiment, step: int) -> dict[str, float]:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json`."""
+  """The config a run saved in `workdir/config.json`; fields the schema
+  gained after it was saved (e.g. `init_from.hf`) take their defaults."""
   path = epath.Path(os.path.expanduser(workdir)) / "config.json"
   if not path.exists():
     raise ConfigError(f"no config.json in {workdir}: not a training workdir")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(_with_defaults(
+      json.loads(path.read_text()), config_lib.base_config().to_dict()))
+
+
+def _with_defaults(saved: dict[str, Any], schema: dict[str, Any]
+                   ) -> dict[str, Any]:
+  """`saved` plus the `schema` fields it lacks (not inside `data`, whose
+  fields are the task's)."""
+  out = dict(saved)
+  for key, default in schema.items():
+    if key not in out:
+      out[key] = default
+    elif (key != "data" and isinstance(default, dict)
+          and isinstance(out[key], dict)):
+      out[key] = _with_defaults(out[key], default)
+  return out

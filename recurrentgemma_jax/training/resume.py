@@ -46,7 +46,8 @@ RESUME_SAFE = frozenset({
     "learning_rate", "grad_accum_steps", "eval_every", "eval_batches",
     "checkpoint_every", "keep_checkpoints", "log_every", "profile_steps",
     "peak_tflops", "loss.z_loss", "model.dtype", "model.scan_impl",
-    "model.fused_rg_lru", "model.remat", "data.data_dir",
+    "model.fused_rg_lru", "model.attention_impl", "model.remat",
+    "data.data_dir",
 })
 _SAFE_PREFIXES = ("mesh.",)
 

@@ -9,6 +9,11 @@ jitted with `out_shardings` computed from the logical axes of an abstract
 
     TrainState = {"step": int32 [], "params": pure dict,
                   "opt_state": optax state}
+
+With LoRA (`lora=` in `state_spec`), "params" holds the whole model: the
+frozen base (optionally stored in bfloat16) and the adapters; `trainable`
+marks the adapters, and the optimizer state covers only them (the base has
+none at all).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from jax.sharding import Mesh, NamedSharding
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.model import Griffin
+from recurrentgemma_jax.nn import lora as lora_lib
+from recurrentgemma_jax.training import frozen as frozen_lib
 
 TrainState = dict[str, Any]
 
@@ -38,16 +45,48 @@ class StateSpec:
     abstract: `TrainState` of ShapeDtypeStructs carrying their shardings.
     shardings: `TrainState` of `NamedSharding`s.
     model_config: the model's config.
+    lora: the adapters (None: every parameter is trained).
+    trainable: pure-dict tree of bools over "params", True for the trained
+      ones (None: all).
   """
 
   graphdef: nnx.GraphDef
   abstract: TrainState
   shardings: TrainState
   model_config: GriffinConfig
+  lora: lora_lib.LoRAConfig | None = None
+  trainable: Any | None = None
 
   @property
   def param_shardings(self) -> Any:
     return self.shardings["params"]
+
+  def trained(self, tree: Any) -> Any:
+    """The trained part of a tree shaped like "params"."""
+    if self.trainable is None:
+      return tree
+    return frozen_lib.select(tree, self.trainable)
+
+  def frozen(self, tree: Any) -> Any:
+    """The frozen part ({} without LoRA)."""
+    if self.trainable is None:
+      return {}
+    return frozen_lib.select(tree, self.trainable, keep=False)
+
+
+# Adapters draw from their own stream: the base of a LoRA model equals the
+# plain model of the same seed.
+_LORA_STREAM = 0x10A
+
+
+def build_model(model_config: GriffinConfig,
+                lora: lora_lib.LoRAConfig | None, seed: int) -> Griffin:
+  """The model of the train state, adapters attached when `lora` is set."""
+  model = Griffin(model_config, rngs=nnx.Rngs(seed))
+  if lora is not None:
+    key = jax.random.fold_in(jax.random.key(seed), _LORA_STREAM)
+    lora_lib.add_lora(model, lora, rngs=nnx.Rngs(params=key))
+  return model
 
 
 def state_spec(
@@ -55,22 +94,49 @@ def state_spec(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: sharding.Rules = sharding.DEFAULT_RULES,
+    *,
+    lora: lora_lib.LoRAConfig | None = None,
+    base_dtype: str | None = None,
 ) -> StateSpec:
-  """Shapes and shardings of the train state; checks the model fits `mesh`."""
+  """Shapes and shardings of the train state; checks the model fits `mesh`.
+
+  Args:
+    model_config: the model.
+    tx: the optimizer.
+    mesh: the device mesh.
+    rules: logical-to-mesh rules.
+    lora: train only these adapters (None: every parameter).
+    base_dtype: with `lora`, the frozen parameters' dtype (None: the
+      model's parameter dtype).
+
+  Raises:
+    ConfigError: the model does not fit `mesh`, or `lora.targets` names no
+      projection.
+  """
   abstract_model = nnx.eval_shape(
-      lambda: Griffin(model_config, rngs=nnx.Rngs(0))
-  )
+      lambda: build_model(model_config, lora, 0))
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   axes = sharding.logical_axes(abstract_params)
+  trainable = None
+  if lora is not None:
+    trainable = jax.tree.map(
+        lambda v: isinstance(v, nnx.LoRAParam), abstract_params,
+        is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
   abstract_params = abstract_params.to_pure_dict()
+  if trainable is not None and base_dtype:
+    abstract_params = jax.tree.map(
+        lambda a, t: a if t else jax.ShapeDtypeStruct(a.shape,
+                                                    jnp.dtype(base_dtype)),
+        abstract_params, trainable)
   sharding.check_model_fits_mesh(model_config, abstract_params, axes, mesh,
                                  rules)
   param_shardings = sharding.param_shardings(axes, mesh, rules)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  spec = StateSpec(graphdef, {}, {}, model_config, lora, trainable)
+  abstract_opt = jax.eval_shape(tx.init, spec.trained(abstract_params))
   replicated = sharding.replicated(mesh)
   # Moments are sharded like their parameters (ZeRO); counters replicated.
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
+      tx, lambda _, s: s, abstract_opt, spec.trained(param_shardings),
       transform_non_params=lambda _: replicated,
       is_leaf=lambda x: isinstance(x, NamedSharding),
   )
@@ -82,7 +148,35 @@ def state_spec(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings,
   )
-  return StateSpec(graphdef, abstract, shardings, model_config)
+  return dataclasses.replace(spec, abstract=abstract, shardings=shardings)
+
+
+def _random_params(spec: StateSpec, seed: int, part: Any) -> Any:
+  """`part(params)` of the seed's initialisation, made shard by shard (only
+  that part is computed)."""
+  abstract = spec.abstract["params"]
+
+  def init():
+    model = build_model(spec.model_config, spec.lora, seed)
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    return jax.tree.map(lambda p, a: p.astype(a.dtype), part(params),
+                        part(abstract))
+
+  return jax.jit(init, out_shardings=part(spec.param_shardings))()
+
+
+def _placed(params: Any, abstract: Any) -> Any:
+  return jax.tree.map(
+      lambda p, a: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
+      params, abstract)
+
+
+def init_base(spec: StateSpec, seed: int, params: Any | None = None) -> Any:
+  """A LoRA spec's frozen parameters on their shardings: `params` (pure
+  dict of the plain model, e.g. released weights) or the seed's."""
+  if params is None:
+    return _random_params(spec, seed, spec.frozen)
+  return _placed(params, spec.frozen(spec.abstract["params"]))
 
 
 def init_train_state(
@@ -90,6 +184,7 @@ def init_train_state(
     tx: optax.GradientTransformation,
     seed: int,
     params: Any | None = None,
+    base: Any | None = None,
 ) -> TrainState:
   """A fresh train state, created shard by shard.
 
@@ -98,25 +193,33 @@ def init_train_state(
     tx: the optimizer.
     seed: parameter initialisation seed.
     params: optional pure-dict parameters to start from (e.g. released
-      weights), placed onto the shardings; otherwise random init.
+      weights), placed onto the shardings; otherwise random init. With
+      LoRA these are the plain model's (the base); the adapters are new.
+    base: with LoRA, the frozen parameters already on their shardings
+      (`init_base`); `params` is then not read.
   """
-  if params is None:
-    def init():
-      model = Griffin(spec.model_config, rngs=nnx.Rngs(seed))
-      return nnx.state(model, nnx.Param).to_pure_dict()
-
-    params = jax.jit(init, out_shardings=spec.param_shardings)()
+  if spec.trainable is None:
+    if params is None:
+      params = _random_params(spec, seed, lambda tree: tree)
+    else:
+      params = _placed(params, spec.abstract["params"])
   else:
-    params = jax.tree.map(
-        lambda p, a: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
-        params, spec.abstract["params"],
-    )
+    if base is None:
+      base = init_base(spec, seed, params)
+    params = frozen_lib.combine(base, _random_params(spec, seed,
+                                                     spec.trained))
   opt_state = jax.jit(
       tx.init, out_shardings=spec.shardings["opt_state"]
-  )(params)
+  )(spec.trained(params))
   step = jax.device_put(jnp.zeros((), jnp.int32), spec.shardings["step"])
   return {"step": step, "params": params, "opt_state": opt_state}
 
 
 def num_params(spec: StateSpec) -> int:
   return sum(a.size for a in jax.tree.leaves(spec.abstract["params"]))
+
+
+def num_trained(spec: StateSpec) -> int:
+  """Parameters the optimizer updates (all of them without LoRA)."""
+  return sum(a.size for a in
+             jax.tree.leaves(spec.trained(spec.abstract["params"])))

@@ -12,6 +12,7 @@ import pytest
 import pallas_kernels
 from pallas_kernels import gpu_scan
 from pallas_kernels import reference
+from pallas_kernels.rg_lru import uses_fused_kernel
 from pallas_kernels.rg_lru import rg_lru
 from pallas_kernels.rg_lru import rg_lru_reference
 
@@ -206,3 +207,57 @@ def test_config_defaults_fit_the_problem_and_respect_overrides():
     gpu_scan.resolve_config(8, 2560, default, block_t=16)
   with pytest.raises(ValueError, match="power of 2"):
     gpu_scan.ScanConfig(block_d=48)
+
+
+@pytest.mark.parametrize("batch,length,width,dtype,want", [
+    # The measured points behind CHUNKED_MAX_WALK_PROGRAMS (H200).
+    (1, 16384, 2560, jnp.float32, "chunked"),
+    (2, 8192, 4096, jnp.float32, "chunked"),
+    (4, 4096, 2560, jnp.float32, "walk"),
+    (4, 4096, 2560, jnp.bfloat16, "chunked"),
+    (4, 4096, 4096, jnp.bfloat16, "chunked"),
+    (8, 4096, 2560, jnp.bfloat16, "walk"),
+    (16, 2048, 4096, jnp.float32, "walk"),
+    # Too short to split into two chunks: the walk, whatever the batch.
+    (1, 20, 2560, jnp.float32, "walk"),
+])
+def test_auto_variant_follows_the_measured_thresholds(batch, length, width,
+                                                      dtype, want):
+  assert gpu_scan.choose_variant(batch, length, width, dtype) == want
+
+
+def test_auto_variant_runs_the_chosen_kernel():
+  # B=1, D=64: one walking program, so "auto" runs the two-pass kernels;
+  # their result must equal the oracle like any other variant's.
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.standard_normal((1, 300, 64)), jnp.float32)
+  a = jnp.asarray(rng.uniform(0.5, 1.0, (1, 300, 64)), jnp.float32)
+  h0 = jnp.asarray(rng.standard_normal((1, 64)), jnp.float32)
+  assert gpu_scan.choose_variant(1, 300, 64) == "chunked"
+  y, h = gpu_scan.pallas_gpu_scan(x, a, h0, interpret=INTERPRET)
+  want_y, want_h = reference.numpy_scan(x, a, h0)
+  assert reference.relative_error(y, want_y) < 1e-5
+  assert reference.relative_error(h, want_h) < 1e-5
+
+
+def test_fused_rg_lru_only_where_it_was_faster():
+  uses = uses_fused_kernel
+  assert uses("pallas_gpu", (8, 4096, 2560), jnp.float32)
+  assert not uses("pallas_gpu", (8, 4096, 2560), jnp.bfloat16)
+  assert not uses("pallas_gpu", (1, 16384, 2560), jnp.float32)
+  assert not uses("pallas_gpu", (8, 4096, 2560), jnp.float32, fused=False)
+  # Explicit tile sizes are the fused kernel's: they keep it.
+  assert uses("pallas_gpu", (1, 16384, 2560), jnp.bfloat16, block_d=32)
+
+
+def test_rg_lru_where_the_fused_kernel_declines_matches_reference():
+  rng = np.random.default_rng(4)
+  x, gx, ga, a_param, reset, _, _, _ = _rg_lru_inputs(
+      rng, 1, 300, 64, jnp.bfloat16)
+  assert not uses_fused_kernel("pallas_gpu", x.shape, x.dtype)
+  y, h_last = rg_lru(x, gx, ga, a_param, reset, impl="pallas_gpu",
+                     interpret=INTERPRET)
+  want_y, want_h = rg_lru_reference(x, gx, ga, a_param, reset,
+                                    impl="sequential")
+  assert reference.relative_error(y, want_y) < 1e-2
+  assert reference.relative_error(h_last, want_h) < 1e-5

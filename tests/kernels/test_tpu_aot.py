@@ -6,7 +6,8 @@ and `jit(...).lower(ShapeDtypeStructs).compile()` runs the real Mosaic and
 XLA:TPU compilers. This proves that the kernels lower for each generation
 (block shapes, layouts, alignment) and reports per-chip cost and memory;
 `pytest -s` prints them. The kernels run under `scan_sharding`, i.e. inside
-`jax.shard_map`, as in the model.
+`jax.shard_map`, as in the model; the batch-1 test reads the grid Mosaic
+received back from the compiled program (`tpu_inspect`).
 """
 
 import functools
@@ -21,6 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pallas_kernels
+from pallas_kernels import tpu_inspect
+from pallas_kernels import tpu_scan
 
 pytest.importorskip(
     "libtpu",
@@ -148,3 +151,54 @@ def test_sequence_parallel_compiles_for_tpu():
       sequence_axis="sequence",
   )
   assert "all-gather" in hlo
+
+
+def _batch_one_grids(topology, t, d, dtype):
+  """Kernel grids of the scan's and the RG-LRU's forward+backward at B=1
+  on one chip."""
+  devices = topologies.get_topology_desc(
+      platform="tpu", topology_name=topology
+  ).devices
+  mesh = jax.sharding.Mesh(np.array(devices[:1]), ("chip",))
+  btd = _struct(mesh, (1, t, d), dtype, P())
+  bd = _struct(mesh, (1, d), jnp.float32, P())
+  scan = jax.jit(_scan_train_step).lower(btd, btd, bd).compile()
+  rg_lru = jax.jit(_rg_lru_train_step).lower(
+      btd, btd, btd, _struct(mesh, (d,), jnp.float32, P()),
+      _struct(mesh, (1, t), jnp.bool_, P()), bd,
+  ).compile()
+  grids = tpu_inspect.kernel_grids(scan.as_text())
+  grids += tpu_inspect.kernel_grids(rg_lru.as_text())
+  assert sorted(g.name for g in grids) == [
+      "linear_scan_bwd", "linear_scan_fwd", "rg_lru_bwd", "rg_lru_fwd"
+  ]
+  return devices[0], grids
+
+
+@pytest.mark.parametrize("topology", ["v4:2x2x1", "v5e:2x2", "v6e:2x2"])
+def test_batch_one_tiling_compiles_for_tpu(topology):
+  # The 640-lane feature blocks of B=1, D=2560 lower on every generation.
+  _, grids = _batch_one_grids(topology, 2048, 2560, jnp.bfloat16)
+  assert {g.blocks[0][-1] for g in grids} == {640}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("d", [2560, 4096])
+def test_batch_one_grid_splits_evenly_over_v5p_cores(d, dtype):
+  # Batch-1 prefill and long-context training on one v5p chip: its two
+  # TensorCores share the kernels' parallel programs, ceil(P / 2) each, so
+  # P must be even (docs/tpu.md, "The TPU scan at batch 1").
+  device, grids = _batch_one_grids("v5p:2x2x1", 16384, d, dtype)
+  assert device.num_cores == tpu_inspect.MEGACORE_CORES
+  for g in grids:
+    print(f"\n{g.name}: grid {g.grid} {g.semantics}, block {g.blocks[0]},"
+          f" {g.steps_per_core()} steps per core,"
+          f" {g.bytes_per_step / 2**20:.2f} MiB per step")
+    assert g.semantics == ("parallel", "parallel", "arbitrary"), g.name
+    assert g.parallel_programs >= 2, g.name
+    assert g.core_utilisation() == 1.0, g.name
+    # Each step streams enough to hide its fixed cost (~0.35 us: 1 MiB is
+    # 0.76 us at a core's half of the 2765 GB/s) and fits VMEM double-
+    # buffered.
+    assert 2**20 <= g.bytes_per_step, g.name
+    assert 2 * g.bytes_per_step <= tpu_scan.VMEM_BUDGET_BYTES + 2**16, g.name

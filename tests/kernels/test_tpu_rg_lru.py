@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import pallas_kernels
+from pallas_kernels import reference
 from pallas_kernels import rg_lru_reference
+from pallas_kernels import tpu_scan
 
 f32, bf16 = jnp.float32, jnp.bfloat16
 
@@ -101,6 +103,43 @@ def test_fused_matches_reference(b, t, d, x_dtype, gate_dtype, options):
   # the fused kernel does not, and outputs are rounded to bfloat16.
   tol = 2e-5 if x_dtype == gate_dtype == f32 else 2e-2
   _assert_close(got, want, tol)
+
+
+def _float64_forward(x, gate_x, gate_a, a_param, reset, h0):
+  """`(y, h_last)` in float64 NumPy: the gate math, then the scan oracle."""
+  f64 = lambda z: np.asarray(z, np.float64)
+  sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))
+  log_a = -8.0 * sigmoid(f64(gate_a)) * np.logaddexp(0.0, f64(a_param))
+  reset = np.asarray(reset)[..., None]
+  a = np.where(reset, 0.0, np.exp(log_a))
+  multiplier = np.where(reset, 1.0, np.sqrt(1.0 - np.exp(2.0 * log_a)))
+  u = f64(x) * sigmoid(f64(gate_x)) * multiplier
+  return reference.numpy_scan(u, a, f64(h0))
+
+
+@pytest.mark.parametrize(
+    "t,d,x_dtype,options",
+    [
+        # Default tiling: 2 feature blocks (one per megacore TensorCore), 7
+        # time blocks, T padded.
+        (4133, 256, f32, {}),
+        (4096, 200, bf16, dict(block_t=64)),  # 64 time blocks.
+    ],
+)
+def test_fused_batch_one_long_sequence(t, d, x_dtype, options):
+  tiling = tpu_scan.choose_tiling(t, d, 36, batch=1, **options)
+  assert tiling.num_d_blocks == 2 and tiling.num_t_blocks >= 7
+  args, cts = _inputs(t + d, 1, t, d, x_dtype, x_dtype)
+  got = _outputs_and_grads(_fused(True, **options), args, cts)
+  # Forward against the float64 oracle (resets at ~15% of the steps).
+  # y is rounded to x's dtype; h_last stays float32.
+  y, h_last = _float64_forward(*args)
+  y_tol = 1e-6 if x_dtype == f32 else 5e-3
+  assert reference.relative_error(got[0][0], y) < y_tol
+  assert reference.relative_error(got[0][1], h_last) < 1e-6
+  # Gradients (and the forward) against autodiff of the unfused reference.
+  want = _outputs_and_grads(_reference, args, cts)
+  _assert_close(got, want, 2e-5 if x_dtype == f32 else 2e-2)
 
 
 def test_fused_tpu_interpret_mode_without_races():

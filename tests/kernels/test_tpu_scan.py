@@ -128,6 +128,58 @@ def test_scan_tpu_interpret_mode(b, t, d, x_dtype, a_dtype, reverse, options):
   _check(got, _oracle(*args, reverse), x_dtype, a_dtype, True)
 
 
+def _reset_gates(a, block_t, seed):
+  """`a` with zero gates (state resets) at random steps, and on the first,
+  second and last row of a time block."""
+  t = a.shape[1]
+  steps = np.random.default_rng(seed).choice(t, size=max(1, t // 64))
+  edges = [k for k in (block_t, block_t + 1, 2 * block_t - 1) if k < t]
+  a = np.array(a, np.float32)
+  a[:, np.concatenate([steps, edges])] = 0.0
+  return jnp.asarray(a, jnp.float32)
+
+
+# B=1 with a long T: the default tiling must give 2 feature blocks (one per
+# TensorCore of a megacore chip) and several time blocks, so the VMEM carry
+# crosses many block boundaries; T not a multiple of the time block; zero
+# gates inside and at the edges of blocks; both directions.
+LONG_CASES = [
+    (4133, 256, f32, False, {}),
+    (4133, 256, f32, True, {}),
+    (4096, 200, f32, False, dict(block_t=64)),
+    (4000, 130, f32, True, dict(block_t=48)),
+    (4096, 256, bf16, True, {}),
+]
+
+
+@pytest.mark.parametrize("t,d,dtype,reverse,options", LONG_CASES)
+def test_batch_one_long_sequence_matches_oracle(t, d, dtype, reverse, options):
+  tiling = tpu_scan.choose_tiling(t, d, 20, batch=1, **options)
+  if not options:
+    assert tiling.num_d_blocks == 2 and tiling.t_pad >= t
+  assert tiling.num_t_blocks >= 3
+  x, a, h0, dy, dh_last = _inputs(t + d, 1, t, d, dtype, dtype, True)
+  a = _reset_gates(a, tiling.block_t, t).astype(dtype)
+  args = (x, a, h0, dy, dh_last)
+  got = _kernel_and_vjp(*args, reverse=reverse, interpret=True, **options)
+  want = _oracle(*args, reverse)
+  _check(got, want, dtype, dtype, True)
+  if dtype == f32:
+    for g, w in zip(got, want):
+      assert reference.relative_error(g, w) < 1e-6
+
+
+def test_batch_one_tpu_interpret_mode_two_cores():
+  # Both simulated cores take one of the two feature blocks, in a shuffled
+  # order; 9 time blocks each, reset gates on block edges.
+  x, a, h0, dy, dh_last = _inputs(11, 1, 520, 256, f32, f32, True)
+  args = (x, _reset_gates(a, 64, 11), h0, dy, dh_last)
+  got = _kernel_and_vjp(
+      *args, reverse=False, interpret=TPU_INTERPRET, block_t=64
+  )
+  _check(got, _oracle(*args, False), f32, f32, True)
+
+
 def test_scan_has_no_races():
   args = _inputs(3, 2, 20, 130, f32, bf16, True)
   params = pltpu.InterpretParams(
@@ -148,16 +200,54 @@ def test_registered():
 
 def test_default_tiling_fits_and_avoids_padding():
   # RecurrentGemma-2B width, float32 backward (5 streams of 4 bytes).
-  tiling = tpu_scan.choose_tiling(4096, 2560, 20)
-  assert (tiling.block_d, tiling.d_pad, tiling.t_pad) == (512, 2560, 4096)
-  assert tiling.block_t % tpu_scan.TIME_ALIGN == 0
-  assert 2 * 20 * tiling.block_t * tiling.block_d <= tpu_scan.VMEM_BUDGET_BYTES
+  for batch, block_d in [(8, 512), (1, 640)]:
+    tiling = tpu_scan.choose_tiling(4096, 2560, 20, batch=batch)
+    assert (tiling.block_d, tiling.d_pad, tiling.t_pad) == (block_d, 2560, 4096)
+    assert tiling.block_t % tpu_scan.TIME_ALIGN == 0
+    assert (
+        2 * 20 * tiling.block_t * tiling.block_d <= tpu_scan.VMEM_BUDGET_BYTES
+    )
   # T / 16 prime: no good divisor, so T is padded a little, not to 16 rows.
   tiling = tpu_scan.choose_tiling(16 * 251, 128, 20)
   assert tiling.block_t >= 256
   assert tiling.t_pad - 16 * 251 < tiling.t_pad // tiling.block_t * 16
   # Short and narrow inputs pad to one aligned block.
   assert tpu_scan.choose_tiling(13, 5, 20) == tpu_scan.Tiling(16, 128, 16, 128)
+
+
+@pytest.mark.parametrize(
+    "batch,d,block_d,programs",
+    [
+        # RecurrentGemma-2B at B=1: 5 blocks of 512 would leave one of a
+        # megacore chip's two cores recomputing a program; 4 of 640 do not.
+        (1, 2560, 640, 4),
+        (3, 2560, 640, 12),
+        (2, 2560, 512, 10),
+        (1, 4096, 512, 8),  # RecurrentGemma-9B: already even.
+        (1, 512, 256, 2),  # One block of 512 would idle a core.
+        (1, 384, 128, 3),  # 3 programs (one core 2/3 busy) beat 1 (idle).
+        (1, 128, 128, 1),  # One lane tile: nothing to split.
+    ],
+)
+def test_feature_block_keeps_both_cores_busy(batch, d, block_d, programs):
+  tiling = tpu_scan.choose_tiling(16384, d, 20, batch=batch)
+  assert tiling.block_d == block_d
+  assert batch * tiling.num_d_blocks == programs
+  # No divisor of the width would split the programs more evenly.
+  lane_tiles = tiling.d_pad // tpu_scan.LANES
+  best = max(
+      tpu_scan.core_utilisation(batch * lane_tiles // k)
+      for k in range(1, tpu_scan.MAX_BLOCK_D // tpu_scan.LANES + 1)
+      if lane_tiles % k == 0
+  )
+  assert tpu_scan.core_utilisation(programs) == best
+  assert 2 * 20 * tiling.block_t * tiling.block_d <= tpu_scan.VMEM_BUDGET_BYTES
+
+
+def test_narrow_feature_blocks_take_longer_time_blocks():
+  # A grid step must still move enough bytes to hide its fixed cost.
+  tiling = tpu_scan.choose_tiling(16384, 128, 12, batch=1)
+  assert tiling.block_t * tiling.block_d == tpu_scan.MAX_BLOCK_ELEMENTS
 
 
 def test_tiling_overrides_are_validated():
@@ -167,4 +257,6 @@ def test_tiling_overrides_are_validated():
     tpu_scan.choose_tiling(100, 300, 20, block_t=24)
   with pytest.raises(ValueError, match="block_d"):
     tpu_scan.choose_tiling(100, 300, 20, block_d=200)
+  with pytest.raises(ValueError, match="batch"):
+    tpu_scan.choose_tiling(100, 300, 20, batch=0)
 

@@ -76,3 +76,43 @@ def test_forward_memory_grows_linearly_with_length():
   ratio = sizes[32768] / sizes[4096]
   assert 6 <= ratio <= 10, sizes
   assert 1.6 <= sizes[8192] / sizes[4096] <= 2.5, sizes
+
+
+def test_model_with_the_flash_kernel_equals_xla_attention():
+  # `attention_impl="pallas_gpu"` (interpret mode off the GPU) must give
+  # the XLA path's logits and gradients: same weights, packed documents,
+  # T longer than the window and not a multiple of the kernel's blocks.
+  def model(impl):
+    config = rg.GriffinConfig(
+        vocab_size=64, width=64, mlp_expanded_width=96, num_heads=2,
+        block_types=("attention",), attention_window_size=8,
+        attention_impl=impl)
+    return rg.Griffin(config, rngs=nnx.Rngs(0))
+
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(1, 64, (2, 37)), jnp.int32)
+  segment_pos = jnp.asarray(np.concatenate(
+      [np.arange(37)[None], np.r_[np.arange(20), np.arange(17)][None]]),
+      jnp.int32)
+
+  def loss_and_grads(m):
+    graphdef, params = nnx.split(m, nnx.Param)
+
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(tokens, segment_pos)
+      return jnp.mean(jax.nn.log_softmax(logits)[..., 3]), logits
+
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  (_, want_logits), want_grads = loss_and_grads(model("xla"))
+  (_, got_logits), got_grads = loss_and_grads(model("pallas_gpu"))
+  np.testing.assert_allclose(got_logits, want_logits, rtol=2e-5, atol=2e-5)
+  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_attention_impl_is_a_config_error():
+  with pytest.raises(rg.ConfigError, match="attention_impl"):
+    rg.GriffinConfig(vocab_size=64, width=64, mlp_expanded_width=96,
+                     num_heads=2, block_types=("attention",),
+                     attention_impl="flash")

@@ -14,10 +14,8 @@ temporary folder; test_fresh_clone.py runs the same defaults from a copy of
 the repository.
 """
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
@@ -33,11 +31,7 @@ MODELS = ("griffin", "hawk", "mqa")
 STEPS = 2
 
 
-def _load(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(f"exp_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_load = train_testlib.load_experiment
 
 
 def _accepts(module, arg: str) -> bool:

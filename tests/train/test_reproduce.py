@@ -2,7 +2,6 @@
 (`results.py`): commands, argument errors, a tiny end-to-end study, the
 figures and tables, and stopping / resuming with SIGTERM."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -28,10 +27,7 @@ def _load_config(flag: str):
   """The config a `--config=FILE:ARG` flag names, loaded as train would."""
   assert flag.startswith("--config=")
   path, _, arg = flag[len("--config="):].partition(":")
-  spec = importlib.util.spec_from_file_location("experiment", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return train_testlib.load_experiment(path).get_config(arg)
 
 
 @pytest.fixture

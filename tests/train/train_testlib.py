@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -30,6 +31,18 @@ def sample_text(path, lines: int = 3000, seed: int = 0) -> str:
   path = pathlib.Path(path)
   path.write_text("\n".join(out) + "\n")
   return str(path)
+
+
+def load_experiment(path) -> object:
+  """The experiment file at `path` (or `experiments/NAME.py` for a bare
+  name), imported as a module."""
+  path = pathlib.Path(path)
+  if path.suffix != ".py":
+    path = REPO / "experiments" / f"{path}.py"
+  spec = importlib.util.spec_from_file_location(f"exp_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def tiny_config(**overrides):
