@@ -78,6 +78,13 @@ class AttentionConfig:
                        f"{self.num_warps}, {self.num_stages}")
 
 
+def _dot(a, b, **transposes):
+  """`plgpu.dot` with float32 accumulation; float32 operands stay float32
+  (no TF32 rounding), so the float32 path keeps float32 accuracy."""
+  return plgpu.dot(a, b, allow_tf32=a.dtype != jnp.float32,
+                   **transposes).astype(jnp.float32)
+
+
 def _visible(q_idx, k_idx, q_doc, k_doc, window):
   """`[block_q, block_k]` bool: same document, causal, inside the window."""
   delta = q_idx[:, None] - k_idx[None, :]
@@ -115,14 +122,14 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_doc_ref, k_doc_ref, o_ref, lse_ref,
     keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
     k, v = k_ref[keys, :], v_ref[keys, :]
     k_idx = j * block_k + jnp.arange(block_k, dtype=jnp.int32)
-    s = plgpu.dot(q, k, trans_b=True).astype(jnp.float32)
+    s = _dot(q, k, trans_b=True)
     s = jnp.where(_visible(q_idx, k_idx, q_doc, k_doc_ref[keys], window), s,
                   MASKED)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     rescale = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[:, None])
     l = l * rescale + jnp.sum(p, axis=1)
-    acc = acc * rescale[:, None] + plgpu.dot(p.astype(v.dtype), v)
+    acc = acc * rescale[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
   lo, hi = _key_blocks(q_start, block_q, block_k, window)
@@ -137,7 +144,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_doc_ref, k_doc_ref, o_ref, lse_ref,
 def _probabilities(q, k, q_idx, k_idx, q_doc, k_doc, lse, window):
   """`[block_q, block_k]` float32 softmax probabilities of one tile, from
   the forward's log-sum-exp; exactly 0 where the key is invisible."""
-  s = plgpu.dot(q, k, trans_b=True).astype(jnp.float32)
+  s = _dot(q, k, trans_b=True)
   return jnp.where(_visible(q_idx, k_idx, q_doc, k_doc, window),
                    jnp.exp(s - lse[:, None]), 0.0)
 
@@ -158,10 +165,10 @@ def _backward_keys_kernel(q_ref, k_ref, v_ref, q_doc_ref, k_doc_ref, do_ref,
     q_idx = i * block_q + jnp.arange(block_q, dtype=jnp.int32)
     p = _probabilities(q, k, q_idx, k_idx, q_doc_ref[queries], k_doc,
                        lse_ref[queries], window)
-    dv += plgpu.dot(p.astype(do.dtype), do, trans_a=True)
-    dp = plgpu.dot(do, v, trans_b=True).astype(jnp.float32)
+    dv += _dot(p.astype(do.dtype), do, trans_a=True)
+    dp = _dot(do, v, trans_b=True)
     ds = p * (dp - delta_ref[queries][:, None])
-    dk += plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
+    dk += _dot(ds.astype(q.dtype), q, trans_a=True)
     return dk, dv
 
   lo, hi = _query_blocks(k_start, block_q, block_k, window, n_q)
@@ -186,9 +193,9 @@ def _backward_queries_kernel(q_ref, k_ref, v_ref, q_doc_ref, k_doc_ref,
     k_idx = j * block_k + jnp.arange(block_k, dtype=jnp.int32)
     p = _probabilities(q, k, q_idx, k_idx, q_doc, k_doc_ref[keys], lse,
                        window)
-    dp = plgpu.dot(do, v, trans_b=True).astype(jnp.float32)
+    dp = _dot(do, v, trans_b=True)
     ds = p * (dp - delta[:, None])
-    return dq + plgpu.dot(ds.astype(k.dtype), k)
+    return dq + _dot(ds.astype(k.dtype), k)
 
   lo, hi = _key_blocks(q_start, block_q, block_k, window)
   dq = lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
