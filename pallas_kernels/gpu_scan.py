@@ -344,8 +344,9 @@ VARIANTS = ("auto", "walk", "chunked", "lookback")
 
 
 # `choose_variant`'s thresholds, measured on the H200 (docs/benchmarks.md,
-# "Choosing the kernel", 2026-12-02): the largest `B * ceil(D / 64)` (the
-# walking kernel's programs at its default block) at which the two-pass
+# "Time-parallel kernels at small batch", 2026-12-02): the largest
+# `B * ceil(D / 64)` (the walking kernel's programs at its default
+# `ScanConfig.block_d`) at which the two-pass
 # time-parallel kernel was faster, forward and forward+backward. Float32:
 # chunked at 40 and 128, walk at 160, 256 and 320. Bfloat16: chunked at 40,
 # 128, 160 and 256, walk at 320 (the walk's 128-byte bfloat16 rows use the
@@ -370,7 +371,7 @@ def choose_variant(batch: int, length: int, width: int,
   name = jnp.dtype(dtype).name
   limit = CHUNKED_MAX_WALK_PROGRAMS.get(name, CHUNKED_MAX_WALK_PROGRAMS[
       "float32"])
-  if batch * pl.cdiv(width, 64) > limit:
+  if batch * pl.cdiv(width, ScanConfig.block_d) > limit:
     return "walk"
   config = gpu_chunked_scan.ChunkedScanConfig()
   splits, _ = gpu_chunked_scan.split_time(length, batch, width,

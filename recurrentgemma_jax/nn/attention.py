@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from recurrentgemma_jax.config import ATTENTION_IMPLS
 from recurrentgemma_jax.nn import params as P
 from recurrentgemma_jax.nn.linear import Dense
 
@@ -167,8 +168,8 @@ def local_attention(
   """
   if impl in ("auto", "xla"):
     return blocked_local_attention(q, k, v, doc_ids, window)
-  if impl != "pallas_gpu":
-    raise ValueError(f"attention impl must be auto, xla or pallas_gpu, got "
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got "
                      f"{impl!r}")
   backend = jax.default_backend()
   if backend == "tpu":

@@ -287,6 +287,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+# The `model` section's fields that say how the model computes, not what
+# it is: every model built from a section (fresh or from released weights)
+# takes them from it.
+COMPUTE_FIELDS = ("dtype", "param_dtype", "scan_impl", "fused_rg_lru",
+                  "attention_impl", "remat")
+
+
 def build_model_config(
     model: ml_collections.ConfigDict, vocab_size: int | None = None
 ) -> GriffinConfig:
@@ -309,10 +316,8 @@ def build_model_config(
     if not (model.kind and model.depth):
       raise ConfigError("model.kind and model.depth must be given together")
     overrides["block_types"] = tuple(block_pattern(model.kind, model.depth))
-  for name in ("dtype", "param_dtype", "scan_impl", "fused_rg_lru",
-               "attention_impl", "remat"):
-    if name in model:  # configs saved before a field existed lack it
-      overrides[name] = model[name]
+  for name in COMPUTE_FIELDS:
+    overrides[name] = model[name]
   if model.preset:
     return GriffinConfig.from_preset(model.preset, **overrides)
   try:

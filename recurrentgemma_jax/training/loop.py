@@ -169,9 +169,7 @@ def _load_init_params(config) -> tuple[GriffinConfig, Any]:
     )
   loaded = official.load_official_checkpoint(
       os.path.expanduser(init.checkpoint), preset=init.preset or None,
-      dtype=model.dtype, param_dtype=model.param_dtype,
-      scan_impl=model.scan_impl, fused_rg_lru=model.fused_rg_lru,
-      remat=model.remat, **hypers,
+      **{name: model[name] for name in config_lib.COMPUTE_FIELDS}, **hypers,
   )
   params = nnx.state(loaded, nnx.Param).to_pure_dict()
   return loaded.config, params
@@ -274,16 +272,19 @@ def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
   """The Hugging Face checkpoint `config.init_from.hf` and its model config
   (from its config.json; compute fields and a set window from `model`)."""
   from recurrentgemma_jax import hf  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
   model = config.model
   path = os.path.expanduser(config.init_from.hf)
-  overrides = {name: model[name] for name in (
-      "dtype", "param_dtype", "scan_impl", "fused_rg_lru", "remat")}
+  overrides = {name: model[name] for name in config_lib.COMPUTE_FIELDS}
   if model.attention_window_size is not None:
     overrides["attention_window_size"] = model.attention_window_size or None
   try:
-    loaded = hf.from_hf(path, **overrides)
+    # Host (NumPy) arrays: the train state places them with its shardings,
+    # never whole on one device.
+    hf_config, tensors = hf.read_hf_checkpoint(path)
+    griffin = hf.config_from_hf(hf_config, **overrides)
+    params = jax.tree.map(lambda v: np.asarray(v, griffin.parameter_dtype),
+                          hf.params_from_hf(tensors, griffin))
   except (OSError, ValueError) as e:  # ConfigError is a ValueError
     raise ConfigError(f"init_from.hf: {e}") from None
   # The workdir's readers (sample, convert) rebuild the model from the
@@ -291,7 +292,7 @@ def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
   fix = "build it with training.config.hf_model_config(path)"
   try:
     described = config_lib.build_model_config(model,
-                                              loaded.config.vocab_size)
+                                              griffin.vocab_size)
   except ConfigError as e:
     raise ConfigError(f"init_from.hf: the model section does not describe "
                       f"{path} ({e}); {fix}") from None
@@ -299,12 +300,12 @@ def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
                 "lru_width_resolved", "lru_heads", "block_types",
                 "attention_window_size", "logits_soft_cap",
                 "embeddings_scale_by_sqrt_dim", "conv1d_temporal_width"):
-    got, want = getattr(described, field), getattr(loaded.config, field)
+    got, want = getattr(described, field), getattr(griffin, field)
     if got != want:
       raise ConfigError(
           f"init_from.hf: the model section does not describe {path} "
           f"({field}: {got!r}, the checkpoint's {want!r}); {fix}")
-  return loaded.config, nnx.state(loaded, nnx.Param).to_pure_dict()
+  return griffin, params
 
 
 def _check_lora_targets(config, lora) -> None:

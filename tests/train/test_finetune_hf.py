@@ -147,3 +147,16 @@ def test_a_workdir_saved_before_init_from_hf_existed_still_loads(tmp_path):
   assert config.init_from.hf == ""
   exp = loop.setup(config, str(tmp_path), read_only=True)
   assert exp.config.init_from.hf == "" and exp.init_params is None
+
+
+def test_compute_fields_of_the_model_section_reach_the_released_model(
+    tmp_path, hf_dir):
+  # Every compute field (training.config.COMPUTE_FIELDS) of the experiment
+  # applies to the model built from the checkpoint, not only the ones a
+  # loader happens to list.
+  config = _config(tmp_path, hf_dir)
+  config.model.attention_impl = "xla"
+  config.model.fused_rg_lru = False
+  exp = loop.setup(config, str(tmp_path / "run"))
+  assert exp.model_config.attention_impl == "xla"
+  assert exp.model_config.fused_rg_lru is False
