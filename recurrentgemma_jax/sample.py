@@ -148,7 +148,7 @@ def load_workdir(workdir: str, step: int | None = None, **config_overrides):
     raise ConfigError(f"checkpoint step {step} in {directory} is damaged: "
                       f"{damage}")
   path = os.path.join(directory, str(step), "state")
-  if config.get("lora") and config.lora.get("rank"):
+  if config.lora.rank:  # (old workdirs get the defaults: load_workdir_config)
     model_config, params = _merged_lora_params(config, path)
   else:
     params = _restore_params(path)
@@ -193,17 +193,14 @@ def _merged_lora_params(config, path: str) -> tuple[Any, dict[str, Any]]:
   from recurrentgemma_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
 
   stored = _restore_items(path, ("params", checkpointing.DIGEST_KEY))
-  for key, value in config_lib.base_config().init_from.items():
-    if key not in config.init_from:  # saved before the field existed
-      config.init_from[key] = value
-  released = config.init_from.checkpoint or config.init_from.get("hf")
+  released = config.init_from.checkpoint or config.init_from.hf
   vocab = None if released else loop.data_vocab_size(config)
   model_config, init_params = loop.initial_weights(config, vocab)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   spec = state_lib.state_spec(
       model_config, optax.identity(), mesh,
       lora=config_lib.lora_config(config),
-      base_dtype=config.lora.get("base_dtype") or None)
+      base_dtype=config.lora.base_dtype or None)
   base = state_lib.init_base(spec, config.seed, init_params)
   frozen = frozen_lib.FrozenParams(spec.trainable, lambda: base,
                                    sharding.replicated(mesh))
