@@ -1,5 +1,6 @@
 """pip packaging for recurrentgemma_jax (`pip install -e .[test]`)."""
 
+import importlib.util
 import pathlib
 import re
 
@@ -10,6 +11,16 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"',
     (ROOT / "recurrentgemma_jax" / "__init__.py").read_text(),
 ).group(1)
+
+
+def _cli():
+  """recurrentgemma_jax/cli/__init__.py, loaded by path: it imports only the
+  standard library, the package itself needs jax."""
+  path = ROOT / "recurrentgemma_jax" / "cli" / "__init__.py"
+  spec = importlib.util.spec_from_file_location("_recurrentgemma_cli", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 # Ranges include the GPU machine's versions (jax 0.11.2, flax 0.12.10,
 # orbax-checkpoint 0.12.4) and the newest releases; CI pins exact versions in
@@ -30,6 +41,8 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # Shape annotations of the public array boundaries (annotations only).
+    "jaxtyping>=0.2.30",
     # Hugging Face checkpoints; its NumPy backend reads and writes bfloat16.
     "safetensors>=0.8.0",
     # TFDS imports it to prepare builders without declaring it.
@@ -43,7 +56,6 @@ EXTRAS = {
         "pytest>=8",
         "pytest-xdist>=3.5",
         "einops>=0.7",
-        "jaxtyping>=0.2.30",
         "typeguard>=2,<3",
         "nbclient>=0.10",
         "nbformat>=5.10",
@@ -75,6 +87,8 @@ setuptools.setup(
     ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    # `recurrentgemma VERB`: train, evaluate, sample, convert, plot, ...
+    entry_points={"console_scripts": _cli().CONSOLE_SCRIPTS},
     classifiers=[
         "Programming Language :: Python :: 3.12",
         "License :: OSI Approved :: Apache Software License",

@@ -3,7 +3,7 @@ r"""Multi-GPU scaling of the real training program: 1, 2 and 4 GPUs.
     python benchmarks/multi_gpu.py [--gpus 1,2,4] [--modes data,fsdp] \
         [--per_device_batch 16] [--steps 40] [--out scaling.jsonl]
 
-Each configuration is an ordinary `python -m recurrentgemma_jax.train` run
+Each configuration is an ordinary `recurrentgemma train` run
 (the config is this file's `get_config`), limited to the first N GPUs with
 CUDA_VISIBLE_DEVICES: the paper's Griffin-100M (width 768, RNN width 1024,
 12 blocks) at sequence 2048, bfloat16 compute, AdamW, trained on the MQAR
@@ -33,9 +33,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config(arg=None):
   """The benchmark's training config: `:gpus=N,mode=data|fsdp,batch=B,steps=S`."""
   sys.path.insert(0, REPO)
+  from experiments import common  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  arg = config_lib.parse_arg(arg, gpus=1, mode="data", batch=16, steps=40)
+  arg = common.parse_arg(arg, gpus=1, mode="data", batch=16, steps=40)
   if arg.mode not in ("data", "fsdp"):
     raise ValueError(f"mode={arg.mode!r} is not one of data, fsdp")
   c = config_lib.base_config()
@@ -62,7 +63,7 @@ def run_one(gpus: int, mode: str, batch: int, steps: int) -> dict:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, range(gpus))),
                PYTHONPATH=os.pathsep.join(
                    filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "recurrentgemma_jax.train",
+    cmd = [sys.executable, "-m", "recurrentgemma_jax.cli.train",
            f"--config={os.path.abspath(__file__)}:gpus={gpus},mode={mode},"
            f"batch={batch},steps={steps}", f"--workdir={workdir}"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True,

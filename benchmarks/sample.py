@@ -19,6 +19,9 @@ wheels, carried in .whl; results in docs/benchmarks.md, "Sampling"):
 Where a decode step's time goes (kernels per step, time by source line):
   ... benchmarks/sample.py --batches 1 --extra_batches "" --profile DIR
   python3 benchmarks/profile_breakdown.py --steps 64 DIR/ours_b1 DIR/official_b1
+Our loop with int8 weights (`--quantize int8`: quantized once from the same
+bf16 weights, rows `ours_int8`; the official loop stays bf16):
+  ... benchmarks/sample.py --batches 1,64 --extra_batches "" --quantize int8
 CPU smoke test:
   JAX_PLATFORMS=cpu python benchmarks/sample.py --tiny --steps 64
 """
@@ -123,6 +126,7 @@ class Ours:
 
   def __init__(self, model, batch: int, capacity: int, sync_every: int):
     from recurrentgemma_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+    from recurrentgemma_jax.sampling import decode as decode_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import logits as logits_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import stopping  # pylint: disable=g-import-not-at-top
 
@@ -130,10 +134,13 @@ class Ours:
     self.model = model
     self.batch = batch
     self.capacity = capacity
-    ids, seqs = stopping.device_arrays(stopping.StopCriteria())
-    self.ids, self.seqs = jnp.asarray(ids), jnp.asarray(seqs)
-    self.mode = logits_lib.SamplingMode(greedy=True)
-    self.keys = jax.random.split(jax.random.key(0), batch)
+    self.inputs = functools.partial(
+        decode_lib.DecodeInputs.create,
+        row_keys=jax.random.split(jax.random.key(0), batch),
+        criteria=stopping.StopCriteria())
+    self.options = decode_lib.DecodeOptions(
+        capacity=capacity, sampling=logits_lib.SamplingMode(greedy=True),
+        sync_every=sync_every)
     self.fn = self.sampler._decode[True]  # pylint: disable=protected-access
 
   def state(self):
@@ -145,13 +152,10 @@ class Ours:
                        segment_pos=jnp.zeros((b,), jnp.int32))
 
   def _args(self, steps):
-    return (self.sampler.params, self.state(), jnp.int32(steps), self.keys,
-            jnp.int32(0), jnp.float32(1), jnp.float32(1), self.ids, self.seqs,
-            jnp.zeros((self.batch,), bool))
+    return (self.sampler.params, self.state(), self.inputs(steps))
 
   def compile(self):
-    lowered = self.fn.lower(*self._args(1), capacity=self.capacity,
-                            sampling=self.mode, sync_every=self.sampler.sync_every)
+    lowered = self.fn.lower(*self._args(1), self.options)
     self.compiled = lowered.compile()
     return self.compiled
 
@@ -274,12 +278,16 @@ def main(argv=None) -> int:
                       "--profile_steps steps under this folder (read by "
                       "benchmarks/profile_breakdown.py --steps N)")
   parser.add_argument("--profile_steps", type=int, default=64)
+  parser.add_argument("--quantize", default=None, choices=["int8"],
+                      help="time our loop with int8 weights quantized from "
+                      "the same bf16 weights (the official stays bf16)")
   args = parser.parse_args(argv)
 
   # The official sampler type-checks its state with typeguard, which rejects
   # the placeholders `jit(...).lower` passes (the checks only run at trace
   # time, so turning them off changes no compiled code).
   os.environ.setdefault("JAXTYPING_DISABLE", "1")
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   from recurrentgemma import jax as official_jax  # pylint: disable=g-import-not-at-top
   import recurrentgemma_jax as rg  # pylint: disable=g-import-not-at-top
 
@@ -297,6 +305,15 @@ def main(argv=None) -> int:
       logits_soft_cap=cfg.logits_soft_cap,
       embeddings_scale_by_sqrt_dim=cfg.embeddings_scale_by_sqrt_dim,
       dtype="bfloat16", param_dtype="bfloat16")
+  ours_name = "ours"
+  if args.quantize:
+    # Quantized once from the same bf16 weights; the official loop keeps
+    # them in bf16.
+    ours_model = rg.quantize_int8(ours_model)
+    jax.block_until_ready(nnx.state(ours_model))
+    ours_name = "ours_" + args.quantize
+    log(f"ours quantized to {args.quantize}: "
+        f"{bytes_of(nnx.state(ours_model)) / 1e9:.2f} GB")
 
   impls = args.impls.split(",")
   results = []
@@ -306,6 +323,7 @@ def main(argv=None) -> int:
       log(f"skip {impl} batch {batch}: past the time budget")
       return
     capacity = max(steps_list)
+    name = ours_name if impl == "ours" else impl
     try:
       if impl == "official":
         runner = Official(official_model, params, batch, capacity)
@@ -317,21 +335,21 @@ def main(argv=None) -> int:
       mem = memory(compiled)
       runner.run(min(32, capacity))  # warm-up
       if args.profile:
-        profile(runner, f"{impl}_b{batch}", args.profile, args.profile_steps)
+        profile(runner, f"{name}_b{batch}", args.profile, args.profile_steps)
       for steps in steps_list:
         elapsed = runner.run(steps)
-        row = {"impl": impl, "batch": batch, "steps": steps,
+        row = {"impl": name, "batch": batch, "steps": steps,
                "seconds": elapsed, "ms_per_step": 1e3 * elapsed / steps,
                "tokens_per_s": batch * steps / elapsed,
                "compile_s": compile_s, "peak_gb": peak_gb(), **mem}
         results.append(row)
-        log(f"{impl:9s} B={batch:4d} steps={steps:5d}: "
+        log(f"{name:9s} B={batch:4d} steps={steps:5d}: "
             f"{row['ms_per_step']:.3f} ms/step, "
             f"{row['tokens_per_s']:,.0f} tokens/s (compile {compile_s:.1f}s, "
             f"temp {mem.get('temp_gb', float('nan')):.3f} GB)")
     except Exception as e:  # pylint: disable=broad-except
-      log(f"{impl} batch {batch} FAILED: {type(e).__name__}: {e}")
-      results.append({"impl": impl, "batch": batch, "error": repr(e)[:2000]})
+      log(f"{name} batch {batch} FAILED: {type(e).__name__}: {e}")
+      results.append({"impl": name, "batch": batch, "error": repr(e)[:2000]})
 
   # Most important first: ours and the official at each main batch size,
   # then the extra batch sizes while time remains.

@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 import pallas_kernels  # noqa: E402
 from pallas_kernels import gpu_rg_lru  # noqa: E402
-from pallas_kernels import gpu_scan  # noqa: E402
+from pallas_kernels import gpu_common  # noqa: E402
 from pallas_kernels import reference  # noqa: E402
 from pallas_kernels.rg_lru import rg_lru  # noqa: E402
 from pallas_kernels.rg_lru import rg_lru_reference  # noqa: E402
@@ -160,7 +160,7 @@ def _scan_fns(impl: str, **options):
 def _rg_lru_fns(fused: bool, **options):
   def fwd(x, gate_x, gate_a, a_param, reset):
     if fused and options:
-      return gpu_rg_lru.pallas_gpu_rg_lru(
+      return gpu_rg_lru.rg_lru(
           x, gate_x, gate_a, a_param, reset, **options)[0]
     if fused:
       return rg_lru(x, gate_x, gate_a, a_param, reset, impl="pallas_gpu")[0]
@@ -175,7 +175,7 @@ def _rg_lru_fns(fused: bool, **options):
   return jax.jit(fwd), jax.jit(fwd_bwd)
 
 
-# Row names of the pallas_gpu variants (`gpu_scan.pallas_gpu_scan(variant=)`).
+# Row names of the pallas_gpu variants (`gpu_scan.linear_scan(variant=)`).
 PALLAS_VARIANTS = {  # ("lookback" needs RG_EXPERIMENTAL_LOOKBACK=1)
     "pallas_gpu walk": dict(variant="walk"),
     "pallas_gpu chunked": dict(variant="chunked"),
@@ -207,6 +207,34 @@ def bench_scan(shape, dtype, impl, runs, **options):
       _jax_sync, len(sets), runs,
   )
   return t_fwd, t_bwd
+
+
+def precompile_scans(rows, threads: int) -> float:
+  """Compiles every `(shape, dtype, impl)`'s forward and forward+backward in
+  `threads` host threads and returns the seconds taken.
+
+  XLA and the Triton pipeline release the GIL while compiling, so threads
+  compile side by side. The executables land in JAX's persistent
+  compilation cache (`main` turns it on for `--precompile`), where the
+  timing loop's first call of each jitted function finds them: the grid's
+  time goes to timing, not to compiling one function at a time.
+  """
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+
+  def compile_row(row):
+    shape, dtype, impl = row
+    options = {}
+    if impl in PALLAS_VARIANTS:
+      impl, options = "pallas_gpu", PALLAS_VARIANTS[impl]
+    fwd, fwd_bwd = _scan_fns(impl, **options)
+    spec = jax.ShapeDtypeStruct(shape, dtype)
+    fwd.lower(spec, spec).compile()
+    fwd_bwd.lower(spec, spec, spec).compile()
+
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    list(pool.map(compile_row, rows))
+  return time.perf_counter() - start
 
 
 def bench_rg_lru(shape, dtype, fused, runs, **options):
@@ -375,7 +403,7 @@ ACCELERATED_SCAN = "accelerated-scan Triton [B,C,T]"
 def sweep(shape, dtypes, runs, copy_tbs, sweep_rows):
   """Walking-kernel and fused RG-LRU block shapes at `shape` (--sweep)."""
   for dtype in dtypes:
-    default = gpu_scan.ScanConfig()
+    default = gpu_common.ScanConfig()
     for block_d, chunk, bwd_chunk, pipeline in SWEEP:
       if (block_d, chunk, bwd_chunk, pipeline) == (
           default.block_d, default.chunk, default.bwd_chunk,
@@ -403,10 +431,14 @@ def _parse_options(text: str) -> list[dict[str, int | str]]:
           for item in text.split(";") if item]
 
 
-def _row(shape, dtype, name, op, t_fwd, t_bwd, copy_tbs):
+def _row(shape, dtype, name, op, t_fwd, t_bwd, copy_tbs, wall_s=None):
+  """One result row; `wall_s`: the host seconds the row took (compiling,
+  inputs and timing), to see where a long grid's time goes."""
   itemsize = jnp.dtype(dtype).itemsize
   row = {"shape": list(shape), "dtype": jnp.dtype(dtype).name, "impl": name,
          "fwd_ms": t_fwd, "fwd_bwd_ms": t_bwd}
+  if wall_s is not None:
+    row["wall_s"] = round(wall_s, 2)
   for key, t, o in (("fwd", t_fwd, op), ("fwd_bwd", t_bwd, op + "+bwd")):
     gbs = _bytes(o, shape, itemsize) / (t * 1e-3) / 1e9
     row[key + "_gbs"] = gbs
@@ -466,7 +498,17 @@ def main(argv=None):
                       "(variant defaults to chunked), e.g. "
                       "'chunk=64,bwd_chunk=32;variant=lookback,chunk=128'")
   parser.add_argument("--out", default=None, help="write rows as JSON here")
+  parser.add_argument("--precompile", type=int, default=0, metavar="THREADS",
+                      help="with --grid: compile every row's JAX functions "
+                      "first, in this many host threads (through JAX's "
+                      "persistent compilation cache in a temporary folder)")
   args = parser.parse_args(argv)
+  if args.precompile:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir",
+                      tempfile.mkdtemp(prefix="scan_bench_jax_cache_"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
   if args.shapes:
     shapes = [tuple(int(v) for v in s.split(","))
@@ -521,13 +563,16 @@ def main(argv=None):
       if not fits(shape, dtype):
         continue
       for impl in ["sequential"] * sequential + impls:
+        start = time.perf_counter()
         t = bench_scan(shape, dtype, impl, args.runs)
-        rows.append(_row(shape, dtype, impl, "scan", *t, copy_tbs))
+        rows.append(_row(shape, dtype, impl, "scan", *t, copy_tbs,
+                         wall_s=time.perf_counter() - start))
         save()
       if accelerated_scan is not None and not args.no_accelerated_scan:
+        start = time.perf_counter()
         t = bench_accelerated_scan(shape, dtype, args.runs)
         rows.append(_row(shape, dtype, ACCELERATED_SCAN, "scan", *t,
-                         copy_tbs))
+                         copy_tbs, wall_s=time.perf_counter() - start))
         save()
       for fused in (False, True) if with_rg_lru else ():
         t = bench_rg_lru(shape, dtype, fused, args.runs)
@@ -538,6 +583,12 @@ def main(argv=None):
     print(_table(rows[-12:]), flush=True)
 
   impls = args.impls.split(",") if args.impls else []
+  if args.grid and args.precompile:
+    todo = [(shape, dtype, impl) for shape in shapes for dtype in dtypes
+            if fits(shape, dtype) for impl in impls if impl != "sequential"]
+    seconds = precompile_scans(todo, args.precompile)
+    print(f"precompiled {2 * len(todo)} functions in {seconds:.0f} s "
+          f"({args.precompile} threads)", flush=True)
   if args.grid:
     for shape in shapes if not args.only_sweep else ():
       table_rows(shape, False, impls, False)

@@ -6,7 +6,7 @@ the token that followed it. Train length 256; five blocks of width 64;
 Griffin's third block is local attention with window 128.
 
 Command (model = griffin | hawk | mqa):
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/induction_heads.py:model=griffin \
       --workdir=/tmp/induction_heads_griffin
 
@@ -14,25 +14,31 @@ Expected: accuracy of the final answer rises from chance (1/15 = 0.067) to
 1 at train length for all three families. Measured on H200 (docs/results.md;
 13.5k steps, two seeds, about 10 minutes per run with six runs sharing a
 GPU): 1.00 for all at 256 tokens; evaluated at 64x (16,384 tokens, with
-`python -m recurrentgemma_jax.evaluate --length_multipliers=1,2,...,64`),
+`recurrentgemma evaluate --length_multipliers=1,2,...,64`),
 Hawk 0.98, Griffin 0.19, MQA 0.09. One scored token per sequence makes this
 the slowest synthetic task to start learning.
 Runtime: runlocal (sequence 64, window 32, 1000 steps of 64 sequences),
 roughly 10-20 minutes on 2 CPU cores; full size, about 10 minutes on H200.
 """
 
-from recurrentgemma_jax.training import config as config_lib
+import pathlib
+import sys
+
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="griffin", runlocal=False)
-  c = config_lib.synthetic_task_config("induction_heads", arg.model,
-                                       window=128)
+  arg = common.parse_arg(arg, model="griffin", runlocal=False)
+  c = common.synthetic_task_config("induction_heads", arg.model,
+                                   window=128)
   c.batch_size = 128
   c.seq_len = 256
   c.eval_batches = 8
   c.data.vocab_size = 16
   if arg.runlocal:
-    config_lib.shrink_for_cpu(c, arg.model, total_steps=1000, batch_size=64,
-                              eval_every=250, checkpoint_every=500)
+    common.shrink_for_cpu(c, arg.model, total_steps=1000, batch_size=64,
+                          eval_every=250, checkpoint_every=500)
   return c

@@ -30,9 +30,9 @@ Give at most one of corpus, dataset, files. The argument values are checked
 before any data is prepared.
 
 Command:
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/lm.py:files=/path/to/*.txt --workdir=/tmp/lm
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/lm.py:runlocal --workdir=/tmp/lm_python
 
 Model: the paper's 100M size of the chosen family (vocabulary from the
@@ -52,19 +52,27 @@ corpus is prepared in under a second), 6 in an earlier run; full
 (estimate).
 """
 
+import pathlib
+import sys
+
 from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
 
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
+
 SIZES = ("100m", "small")
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, corpus="", site_packages=False,
-                             max_bytes=0, dataset="", files="", data_dir="",
-                             tokenizer="bytes", model="griffin",
-                             size="100m", runlocal=False, format="text")
+  arg = common.parse_arg(arg, corpus="", site_packages=False,
+                         max_bytes=0, dataset="", files="", data_dir="",
+                         tokenizer="bytes", model="griffin",
+                         size="100m", runlocal=False, format="text")
   if arg.model not in presets.MODEL_KINDS:
     raise ConfigError(f"model={arg.model!r} is not one of "
                       f"{', '.join(presets.MODEL_KINDS)}")

@@ -7,7 +7,7 @@ vocabulary. Five blocks of width 64 (the copy-task model); Griffin's third
 block is local attention.
 
 Command (model = griffin | hawk | mqa):
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/mqar.py:model=griffin --workdir=/tmp/mqar_griffin
 
 Expected: accuracy on the queries rises from chance (1/4096): MQA's global
@@ -23,18 +23,24 @@ six runs sharing a GPU; docs/results.md). Why was not tested; a wider
 model or fewer pairs are the first things to try.
 """
 
-from recurrentgemma_jax.training import config as config_lib
+import pathlib
+import sys
+
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="griffin", runlocal=False)
-  c = config_lib.synthetic_task_config("mqar", arg.model, window=256)
+  arg = common.parse_arg(arg, model="griffin", runlocal=False)
+  c = common.synthetic_task_config("mqar", arg.model, window=256)
   c.seq_len = 512
   c.eval_batches = 8
   c.data.vocab_size = 8192
   c.data.num_pairs = 32
   if arg.runlocal:
-    config_lib.shrink_for_cpu(c, arg.model)
+    common.shrink_for_cpu(c, arg.model)
     c.data.vocab_size = 64
     c.data.num_pairs = 4
   return c

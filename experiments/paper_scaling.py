@@ -17,7 +17,7 @@ Parallelism: parameters and optimizer state sharded over all chips (fsdp =
 -1); tensor parallelism of 2 / 4 / 8 from 3b / 7b / 14b; block remat.
 
 Command (on every host of a slice; launch/tpu.py runs it for you):
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/paper_scaling.py:model=griffin,size=400m \
       --workdir=gs://BUCKET/griffin_400m
 Quick CPU run: `--config=experiments/paper_scaling.py:runlocal` trains a
@@ -32,10 +32,18 @@ Runtime: 400m on a v5p-64 slice, a few hours (estimate from the FLOP count
 in docs/flops.md at 40% MFU); runlocal, about 1 minute on 2 CPU cores.
 """
 
+import pathlib
+import sys
+
 from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
+
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
 
 # size -> (training tokens from Table 2, peak learning rate, tensor axis).
 BUDGETS = {
@@ -49,9 +57,9 @@ BUDGETS = {
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="griffin", size="400m",
-                             dataset="c4/en:3.1.0", data_dir="",
-                             tokenizer="bytes", runlocal=False)
+  arg = common.parse_arg(arg, model="griffin", size="400m",
+                         dataset="c4/en:3.1.0", data_dir="",
+                         tokenizer="bytes", runlocal=False)
   if arg.model not in presets.MODEL_KINDS:
     raise ConfigError(f"model={arg.model!r} is not one of "
                       f"{', '.join(presets.MODEL_KINDS)}")

@@ -29,13 +29,13 @@ state in the workdir, resumable). bfloat16 compute, float32 master weights
 and Adam state, block remat ("dots"), parameters sharded over all devices.
 
 Command:
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/recurrentgemma_finetune.py:ckpt=/ckpts/2b \
       --workdir=/tmp/rg2b_python
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/recurrentgemma_finetune.py:hf=/ckpts/rg-2b \
       --workdir=/tmp/rg2b_python_hf
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/recurrentgemma_finetune.py:hf=/ckpts/rg-2b-it,lora=16,format=chat,files=/data/chat.jsonl \
       --workdir=/tmp/rg2b_it_lora
 
@@ -50,18 +50,25 @@ cap / scaling in `--config.model.*`.
 """
 
 import os
+import pathlib
+import sys
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
 
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
+
 SIZES = ("2b", "9b")
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, ckpt="", hf="", weights="", size="2b",
-                             tokenizer="", files="", data_dir="",
-                             runlocal=False, format="text", lora=0)
+  arg = common.parse_arg(arg, ckpt="", hf="", weights="", size="2b",
+                         tokenizer="", files="", data_dir="",
+                         runlocal=False, format="text", lora=0)
   if arg.size not in SIZES:
     raise ConfigError(f"size={arg.size!r} is not one of {', '.join(SIZES)}")
   if arg.weights not in ("", "none"):

@@ -5,12 +5,12 @@ r"""Selective copy (De et al. 2024, Appendix H; Gu & Dao 2023).
 width 64; Griffin's third block is local attention with window 512.
 
 Command (model = griffin | hawk | mqa):
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/selective_copy.py:model=griffin \
       --workdir=/tmp/selective_copy_griffin
 
 Quick CPU run (the README Quickstart):
-  python -m recurrentgemma_jax.train \
+  recurrentgemma train \
       --config=experiments/selective_copy.py:runlocal --workdir=/tmp/rg_quickstart
 
 Expected: token accuracy on the copied tokens rises from chance (1/14 = 0.07)
@@ -24,18 +24,24 @@ in 14.7 minutes MQA solved it (0.999 by step 9k), Griffin reached 0.61 and
 Hawk 0.15 at 11.5k / 14k steps of a 16.5k-step schedule.
 """
 
-from recurrentgemma_jax.training import config as config_lib
+import pathlib
+import sys
+
+_REPO = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # loaded by path, from any directory
+  sys.path.insert(0, _REPO)
+from experiments import common  # pylint: disable=g-import-not-at-top
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="griffin", runlocal=False)
-  c = config_lib.synthetic_task_config("selective_copy", arg.model,
-                                       window=512)
+  arg = common.parse_arg(arg, model="griffin", runlocal=False)
+  c = common.synthetic_task_config("selective_copy", arg.model,
+                                   window=512)
   c.seq_len = 1024
   c.eval_batches = 4
   c.data.vocab_size = 16
   c.data.num_tokens = 16
   if arg.runlocal:
-    config_lib.shrink_for_cpu(c, arg.model)
+    common.shrink_for_cpu(c, arg.model)
     c.data.num_tokens = 8
   return c

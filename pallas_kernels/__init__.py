@@ -2,33 +2,28 @@
 
 `linear_scan(x, a, h0=None, *, reverse=False, impl="auto", interpret=False)`
 computes `h_t = a_t * h_{t-1} + x_t` over axis 1 of `[B, T, D]` arrays and
-returns `(y, h_last)`.
+returns `(y, h_last)`; `rg_lru(...)` computes the whole RG-LRU. Both pick
+the implementation from the one dispatch table, `api.KERNELS`.
+
+This package stays a top-level folder beside `recurrentgemma_jax/`, as the
+design card lays it out, because it holds no model code and is built and
+tested on its own: the model imports it, never the reverse.
 """
 
 from pallas_kernels.api import IMPLS
-from pallas_kernels.api import available_impls
+from pallas_kernels.api import KERNELS
 from pallas_kernels.api import linear_scan
-from pallas_kernels.api import register_impl
 from pallas_kernels.api import resolve_impl
+from pallas_kernels.rg_lru import rg_lru
+from pallas_kernels.rg_lru import rg_lru_reference
+from pallas_kernels.sharded import scan_sharding
 
 __all__ = [
     "IMPLS",
-    "available_impls",
+    "KERNELS",
     "linear_scan",
-    "register_impl",
     "resolve_impl",
+    "rg_lru",
+    "rg_lru_reference",
+    "scan_sharding",
 ]
-
-from pallas_kernels.rg_lru import rg_lru  # noqa: E402
-from pallas_kernels.rg_lru import rg_lru_reference  # noqa: E402
-
-__all__ += ["rg_lru", "rg_lru_reference"]
-
-from pallas_kernels.sharded import scan_sharding  # noqa: E402
-
-__all__ += ["scan_sharding"]
-
-# Kernel modules register themselves with `register_impl` on import.
-# (Each one imports only what its backend needs, so all import on CPU.)
-from pallas_kernels import gpu_rg_lru, gpu_scan  # noqa: E402,F401
-from pallas_kernels import tpu_rg_lru, tpu_scan  # noqa: E402,F401

@@ -1,7 +1,8 @@
-"""`linear_scan`: the one entry point for the diagonal linear recurrence.
+"""`linear_scan` and the dispatch table of the scan implementations.
 
-The model calls only this function. It validates its inputs, picks an
-implementation for the backend and returns `(y, h_last)`:
+The model calls only `linear_scan` (and `rg_lru.rg_lru`, which dispatches
+through the same table). It validates its inputs, picks an implementation
+for the backend and returns `(y, h_last)`:
 
     h_t = a_t * h_{t-1} + x_t,  h_{-1} = h0,  y_t = h_t
 
@@ -16,54 +17,78 @@ Inside `pallas_kernels.scan_sharding(...)` the call runs per shard through
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
+from jaxtyping import Float
+from jaxtyping import Float32
 
+from pallas_kernels import gpu_rg_lru
+from pallas_kernels import gpu_scan
 from pallas_kernels import reference
 from pallas_kernels import sharded
+from pallas_kernels import tpu_rg_lru
+from pallas_kernels import tpu_scan
 
 ScanFn = Callable[..., tuple[jax.Array, jax.Array]]
+RgLruFn = Callable[..., tuple[jax.Array, jax.Array]]
+# (shape [B, T, D], dtype) -> whether the fused kernel is the faster path.
+AppliesFn = Callable[[tuple[int, int, int], jnp.dtype], bool]
 
-IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
 
-# Implementations registered by the kernel modules (`pallas_tpu`, `pallas_gpu`)
-# when they import successfully; the pure-JAX ones are always present.
-_REGISTRY: dict[str, ScanFn] = {
-    "sequential": reference.sequential_scan,
-    "associative": reference.associative_scan,
+class Kernels(NamedTuple):
+  """The entry points of one implementation.
+
+  Every Pallas backend exposes the same names: `linear_scan` in its
+  `*_scan.py`, `rg_lru` (the fused RG-LRU) and `fused_kernel_applies` in
+  its `*_rg_lru.py`; they take `interpret` and block-size options. The
+  pure-JAX scans take neither and have no fused RG-LRU, so `rg_lru.rg_lru`
+  runs their gates in XLA.
+  """
+
+  linear_scan: ScanFn
+  rg_lru: RgLruFn | None = None
+  # Where the fused `rg_lru` is used; elsewhere `rg_lru.rg_lru` runs the
+  # gates in XLA and `linear_scan`, which may pick a better-suited kernel.
+  fused_kernel_applies: AppliesFn | None = None
+
+
+# The dispatch table: implementation name -> its kernels. Every backend
+# module imports on any host (only compiling a Pallas kernel needs its
+# device), and the whole package imports in about 0.2 s after JAX, so no
+# backend is imported lazily.
+KERNELS: dict[str, Kernels] = {
+    "pallas_tpu": Kernels(
+        tpu_scan.linear_scan, tpu_rg_lru.rg_lru,
+        tpu_rg_lru.fused_kernel_applies,
+    ),
+    "pallas_gpu": Kernels(
+        gpu_scan.linear_scan, gpu_rg_lru.rg_lru,
+        gpu_rg_lru.fused_kernel_applies,
+    ),
+    "associative": Kernels(reference.associative_scan),
+    "sequential": Kernels(reference.sequential_scan),
 }
 
-
-def register_impl(name: str, fn: ScanFn) -> None:
-  """Registers a scan implementation under one of the names in `IMPLS`."""
-  if name not in IMPLS or name == "auto":
-    raise ValueError(f"impl name must be one of {IMPLS[1:]}, got {name!r}")
-  _REGISTRY[name] = fn
-
-
-def available_impls() -> tuple[str, ...]:
-  """The implementations that can run in this process."""
-  return tuple(n for n in IMPLS if n in _REGISTRY)
+# The values of `impl` (and of `GriffinConfig.scan_impl`, which imports it).
+IMPLS = ("auto", *KERNELS)
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
-  """Maps `impl` (possibly "auto") to a concrete registered implementation."""
+  """Maps `impl` (possibly "auto") to a name of `KERNELS`.
+
+  "auto" is the Pallas kernel of `backend` (default: JAX's) when it has
+  one, else "associative".
+  """
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
   if impl != "auto":
-    if impl not in _REGISTRY:
-      raise ValueError(
-          f"impl={impl!r} is not available in this process "
-          f"(available: {available_impls()})"
-      )
     return impl
   backend = backend or jax.default_backend()
   preferred = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}
-  choice = preferred.get(backend)
-  if choice in _REGISTRY:
-    return choice
-  return "associative"
+  return preferred.get(backend, "associative")
 
 
 def _check_inputs(x, a, h0) -> None:
@@ -81,15 +106,15 @@ def _check_inputs(x, a, h0) -> None:
 
 
 def linear_scan(
-    x: jax.Array,
-    a: jax.Array,
-    h0: jax.Array | None = None,
+    x: Float[Array, "B T D"],
+    a: Float[Array, "B T D"],
+    h0: Float[Array, "B D"] | None = None,
     *,
     reverse: bool = False,
     impl: str = "auto",
     interpret: bool = False,
     **kernel_options,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[Float[Array, "B T D"], Float32[Array, "B D"]]:
   """Runs `h_t = a_t * h_{t-1} + x_t` along axis 1.
 
   Args:
@@ -99,7 +124,7 @@ def linear_scan(
     reverse: run from the last step to the first (`h_last` is then the state
       after step 0).
     impl: one of `IMPLS`; "auto" picks the Pallas kernel of the backend when
-      one is registered and the associative scan otherwise.
+      it has one and the associative scan otherwise (`resolve_impl`).
     interpret: run Pallas kernels in interpret mode (CPU testing).
     **kernel_options: block-size overrides forwarded to Pallas kernels.
 
@@ -150,11 +175,11 @@ def run_impl(
     interpret=False,
     **kernel_options,
 ) -> tuple[jax.Array, jax.Array]:
-  """Runs the registered implementation `name` on unsharded operands.
+  """Runs the scan of implementation `name` on unsharded operands.
 
   `h0` must be a float32 `[B, D]` array; no sharding context is consulted.
   """
-  fn = _REGISTRY[name]
+  fn = KERNELS[name].linear_scan
   if name.startswith("pallas"):
     y, h_last = fn(
         x, a, h0, reverse=reverse, interpret=interpret, **kernel_options

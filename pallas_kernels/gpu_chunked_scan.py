@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels import gpu_scan
+from pallas_kernels import gpu_common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +141,16 @@ def both(mask_a, mask_b):
   return mask_b if mask_a is None else mask_a & mask_b
 
 
-load = gpu_scan.load
-walk_row = functools.partial(gpu_scan.time_index, clip=True)
+load = gpu_common.load
+walk_row = functools.partial(gpu_common.time_index, clip=True)
 
 
 def compose(carry, xs, gates):
   """Applies rows to the map `(A, b)`: `h -> a (A h + b) + x` per row."""
   prod, h = carry
   for x, a in zip(xs, gates):
-    a = gpu_scan.f32(a)
-    h = a * h + gpu_scan.f32(x)
+    a = gpu_common.f32(a)
+    h = a * h + gpu_common.f32(x)
     prod = a * prod
   return prod, h
 
@@ -205,8 +205,8 @@ def backward_direction(reverse: bool) -> Direction:
 
 def start_state(tile: Tile, inputs, direction: Direction):
   """The float32 state entering walk step 0 (`h0` or `dh_last`)."""
-  return gpu_scan.f32(load(inputs[direction.start_input].at[tile.b, tile.cols],
-                           tile.col_mask(), 0))
+  start = inputs[direction.start_input].at[tile.b, tile.cols]
+  return gpu_common.f32(load(start, tile.col_mask(), 0))
 
 
 def forward_h0(tile: Tile, inputs, direction: Direction):
@@ -214,7 +214,7 @@ def forward_h0(tile: Tile, inputs, direction: Direction):
   walk's last), loaded once per program; None for the forward pass."""
   if direction.forward:
     return None
-  return gpu_scan.f32(load(inputs["h0"].at[tile.b, tile.cols],
+  return gpu_common.f32(load(inputs["h0"].at[tile.b, tile.cols],
                            tile.col_mask(), 0))
 
 
@@ -229,20 +229,20 @@ def emit_rows(tile: Tile, direction: Direction, inputs, outputs, steps, xs,
   rows = [walk_row(s, length, direction.backward_in_time) for s in steps]
   if direction.forward:
     for x, a, t, m in zip(xs, gates, rows, masks):
-      h = gpu_scan.f32(a) * h + gpu_scan.f32(x)
-      gpu_scan.store(outputs["y"].at[tile.b, t, tile.cols], h, m)
+      h = gpu_common.f32(a) * h + gpu_common.f32(x)
+      gpu_common.store(outputs["y"].at[tile.b, t, tile.cols], h, m)
     return h
   prevs = []
   for s, m in zip(steps, masks):
     has_prev = s + 1 < length
-    prevs.append((has_prev, load(
-        inputs["y"].at[tile.b, walk_row(s + 1, length, direction.backward_in_time),
-                       tile.cols], both(m, tile.lanes(has_prev)), 0)))
+    prev_row = walk_row(s + 1, length, direction.backward_in_time)
+    prevs.append((has_prev, load(inputs["y"].at[tile.b, prev_row, tile.cols],
+                                 both(m, tile.lanes(has_prev)), 0)))
   for dy, u, t, m, (has_prev, prev) in zip(xs, gates, rows, masks, prevs):
-    h = gpu_scan.f32(u) * h + gpu_scan.f32(dy)
-    h_prev = jnp.where(has_prev, gpu_scan.f32(prev), h0)
-    gpu_scan.store(outputs["dx"].at[tile.b, t, tile.cols], h, m)
-    gpu_scan.store(outputs["da"].at[tile.b, t, tile.cols], h * h_prev, m)
+    h = gpu_common.f32(u) * h + gpu_common.f32(dy)
+    h_prev = jnp.where(has_prev, gpu_common.f32(prev), h0)
+    gpu_common.store(outputs["dx"].at[tile.b, t, tile.cols], h, m)
+    gpu_common.store(outputs["da"].at[tile.b, t, tile.cols], h * h_prev, m)
   return h
 
 
@@ -252,13 +252,13 @@ def emit_final(tile: Tile, direction: Direction, inputs, outputs, h, is_last,
   (backward); rows past T are the identity, so `h` is final."""
   mask = both(tile.col_mask(), tile.lanes(is_last))
   if direction.forward:
-    gpu_scan.store(outputs["h_last"].at[tile.b, tile.cols], h, mask)
+    gpu_common.store(outputs["h_last"].at[tile.b, tile.cols], h, mask)
     return
-  first_gate = load(
-      inputs["a"].at[tile.b, walk_row(length - 1, length, direction.backward_in_time),
-                     tile.cols], tile.col_mask(), 0)
-  gpu_scan.store(outputs["dh0"].at[tile.b, tile.cols],
-                 gpu_scan.f32(first_gate) * h, mask)
+  first_row = walk_row(length - 1, length, direction.backward_in_time)
+  first_gate = load(inputs["a"].at[tile.b, first_row, tile.cols],
+                    tile.col_mask(), 0)
+  gpu_common.store(outputs["dh0"].at[tile.b, tile.cols],
+                 gpu_common.f32(first_gate) * h, mask)
 
 
 # ----------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def _walk_chunk(tile, direction, inputs, length, steps_per_chunk, chunk,
     steps = [base + first + i for i in range(len(rows[0]))]
     return compute(steps, *rows, carry)
 
-  return gpu_scan.walk_time(steps_per_chunk, chunk, carry, load_rows,
+  return gpu_common.walk_time(steps_per_chunk, chunk, carry, load_rows,
                             compute_rows, pipeline=pipeline)
 
 
@@ -388,4 +388,4 @@ def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret,
 
 # `(y, h_last)` of the scan; `h0` float32 `[B, D]`, config a
 # `ChunkedScanConfig`. Differentiable in x, a and h0.
-chunked_scan = gpu_scan.differentiable_scan(_scan_forward, _scan_backward)
+chunked_scan = gpu_common.differentiable_scan(_scan_forward, _scan_backward)

@@ -51,7 +51,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import gpu_chunked_scan as chunked
-from pallas_kernels import gpu_scan
+from pallas_kernels import gpu_common
 
 _AGGREGATE, _INCLUSIVE = 1, 2
 ENABLE_VARIABLE = "RG_EXPERIMENTAL_LOOKBACK"
@@ -226,4 +226,4 @@ def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret,
 
 # `(y, h_last)` of the scan; `h0` float32 `[B, D]`, config a
 # `LookbackScanConfig`. Differentiable in x, a and h0.
-lookback_scan = gpu_scan.differentiable_scan(_scan_forward, _scan_backward)
+lookback_scan = gpu_common.differentiable_scan(_scan_forward, _scan_backward)

@@ -34,18 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from pallas_kernels import gpu_common
 from pallas_kernels import gpu_scan
-from pallas_kernels.rg_lru import MAX_SQRT_GRADIENT
-from pallas_kernels.rg_lru import register_fused_impl
+from pallas_kernels import reference
 
 # The sqrt's gradient is evaluated at max(1 - a^2, _MIN_SQRT_ARG).
-_MIN_SQRT_ARG = 1.0 / (4.0 * MAX_SQRT_GRADIENT**2)
+_MIN_SQRT_ARG = 1.0 / (4.0 * reference.MAX_SQRT_GRADIENT**2)
 _LOG2_E = 1.4426950408889634
 
 # One feature per thread (as many threads as possible for the per-row gate
 # math; measured faster than two), and shorter chunks than the scan: each row
 # streams 3 (forward) or 5 (backward) arrays.
-DEFAULT_CONFIG = gpu_scan.ScanConfig(block_d=32, chunk=16, bwd_chunk=8)
+DEFAULT_CONFIG = gpu_common.ScanConfig(block_d=32, chunk=16, bwd_chunk=8)
 
 
 def _sigmoid(z):
@@ -75,13 +75,13 @@ def _gates(gate_x, gate_a, c, reset):
 
 def _rg_lru_fwd_kernel(
     x_ref, gx_ref, ga_ref, c_ref, reset_ref, h0_ref, y_ref, h_last_ref, *,
-    config: gpu_scan.ScanConfig
+    config: gpu_common.ScanConfig
 ):
   """One (batch row, feature block): `y [T, block_d]`, `h_last [block_d]`."""
   _, length, width = x_ref.shape
   b = pl.program_id(0)
-  cols, mask = gpu_scan.feature_block(width, config.block_d)
-  load, f32 = gpu_scan.load, gpu_scan.f32
+  cols, mask = gpu_common.feature_block(width, config.block_d)
+  load, f32 = gpu_common.load, gpu_common.f32
   c = f32(load(c_ref.at[cols], mask))
 
   def load_rows(first, n):
@@ -98,25 +98,25 @@ def _rg_lru_fwd_kernel(
       h = a * h + m * i * f32(x)
       ys.append(h)
     for i, y in enumerate(ys):
-      gpu_scan.store(y_ref.at[b, first + i, cols], y, mask)
+      gpu_common.store(y_ref.at[b, first + i, cols], y, mask)
     return h
 
   h0 = f32(load(h0_ref.at[b, cols], mask))
-  h = gpu_scan.walk_time(length, config.chunk, h0, load_rows, compute_rows,
+  h = gpu_common.walk_time(length, config.chunk, h0, load_rows, compute_rows,
                          pipeline=config.pipeline)
-  gpu_scan.store(h_last_ref.at[b, cols], h, mask)
+  gpu_common.store(h_last_ref.at[b, cols], h, mask)
 
 
 def _rg_lru_bwd_kernel(
     x_ref, gx_ref, ga_ref, c_ref, reset_ref, h0_ref, y_ref, dy_ref,
     dh_last_ref, dx_ref, dgx_ref, dga_ref, dc_ref, dh0_ref, *,
-    config: gpu_scan.ScanConfig
+    config: gpu_common.ScanConfig
 ):
   """Reverse walk: `dx, dgx, dga [T, block_d]`, `dc, dh0 [block_d]`."""
   _, length, width = x_ref.shape
   b = pl.program_id(0)
-  cols, mask = gpu_scan.feature_block(width, config.block_d)
-  load, f32 = gpu_scan.load, gpu_scan.f32
+  cols, mask = gpu_common.feature_block(width, config.block_d)
+  load, f32 = gpu_common.load, gpu_common.f32
   c = f32(load(c_ref.at[cols], mask))
   h0 = f32(load(h0_ref.at[b, cols], mask))
 
@@ -153,19 +153,19 @@ def _rg_lru_bwd_kernel(
       outs.append((dx, dgx, dga))
     for k, (dx, dgx, dga) in enumerate(outs):
       t = length - 1 - (first + k)
-      gpu_scan.store(dx_ref.at[b, t, cols], dx, mask)
-      gpu_scan.store(dgx_ref.at[b, t, cols], dgx, mask)
-      gpu_scan.store(dga_ref.at[b, t, cols], dga, mask)
+      gpu_common.store(dx_ref.at[b, t, cols], dx, mask)
+      gpu_common.store(dgx_ref.at[b, t, cols], dgx, mask)
+      gpu_common.store(dga_ref.at[b, t, cols], dga, mask)
     return g, a_next, dc
 
   zeros = jnp.zeros((config.block_d,), jnp.float32)
   g0 = f32(load(dh_last_ref.at[b, cols], mask))
-  g, a_first, dc = gpu_scan.walk_time(
+  g, a_first, dc = gpu_common.walk_time(
       length, config.bwd_chunk, (g0, zeros + 1.0, zeros), load_rows,
       compute_rows, pipeline=config.pipeline,
   )
-  gpu_scan.store(dc_ref.at[b, cols], dc, mask)
-  gpu_scan.store(dh0_ref.at[b, cols], a_first * g, mask)
+  gpu_common.store(dc_ref.at[b, cols], dc, mask)
+  gpu_common.store(dh0_ref.at[b, cols], a_first * g, mask)
 
 
 def _fused_forward(x, gate_x, gate_a, c, reset, h0, interpret, config):
@@ -178,7 +178,7 @@ def _fused_forward(x, gate_x, gate_a, c, reset, h0, interpret, config):
           jax.ShapeDtypeStruct((batch, width), jnp.float32),
       ),
       grid=(batch, pl.cdiv(width, config.block_d)),
-      compiler_params=gpu_scan.compiler_params(config),
+      compiler_params=gpu_common.compiler_params(config),
       interpret=interpret,
       name="rg_lru_fwd",
   )(x, gate_x, gate_a, c, reset, h0)
@@ -210,7 +210,7 @@ def _fused_bwd(interpret, config, residuals, cotangents):
           jax.ShapeDtypeStruct((batch, width), jnp.float32),
       ),
       grid=(batch, pl.cdiv(width, config.block_d)),
-      compiler_params=gpu_scan.compiler_params(config),
+      compiler_params=gpu_common.compiler_params(config),
       interpret=interpret,
       name="rg_lru_bwd",
   )(x, gate_x, gate_a, c, reset, h0, y, dy.astype(y.dtype),
@@ -223,7 +223,7 @@ def _fused_bwd(interpret, config, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def pallas_gpu_rg_lru(
+def rg_lru(
     x: jax.Array,
     gate_x: jax.Array,
     gate_a: jax.Array,
@@ -250,13 +250,13 @@ def pallas_gpu_rg_lru(
     h0: optional `[B, D]` float32 state (zeros when None).
     interpret: run the Pallas kernels in interpret mode (CPU).
     block_d, chunk, bwd_chunk, pipeline, num_warps, num_stages:
-      `gpu_scan.ScanConfig` overrides (None keeps `DEFAULT_CONFIG`).
+      `gpu_common.ScanConfig` overrides (None keeps `DEFAULT_CONFIG`).
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
   """
   batch, _, width = x.shape
-  config = gpu_scan.resolve_config(
+  config = gpu_common.resolve_config(
       batch, width, DEFAULT_CONFIG, block_d=block_d, chunk=chunk,
       bwd_chunk=bwd_chunk, pipeline=pipeline, num_warps=num_warps,
       num_stages=num_stages,
@@ -283,6 +283,3 @@ def fused_kernel_applies(shape: tuple[int, int, int], dtype) -> bool:
   batch, length, width = shape
   return (jnp.dtype(dtype) == jnp.float32 and gpu_scan.choose_variant(
       batch, length, width, dtype) == "walk")
-
-
-register_fused_impl("pallas_gpu", pallas_gpu_rg_lru, fused_kernel_applies)

@@ -5,9 +5,15 @@
 All arrays are `[B, T, D]` (batch, time, features); `h0` and `h_last` are
 `[B, D]` float32. Accumulation always happens in float32. These are the
 oracles for the Pallas kernels and the portable fallbacks of `linear_scan`.
+
+The RG-LRU gate math (`rg_lru_gates`, `MAX_SQRT_GRADIENT`) lives here too:
+the fused kernels reimplement it and import its constants from this module,
+which imports no kernel, so the dispatch table in `api.py` can import them.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +146,68 @@ def relative_error(got, want) -> float:
   if not np.all(np.isfinite(got)):
     return float("inf")
   return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+# ----------------------------------------------------------------------------
+# The RG-LRU gate math (see `pallas_kernels/rg_lru.py` for the recurrence).
+
+# Largest gradient of sqrt(z) allowed: d sqrt(z)/dz is evaluated at
+# max(z, 1 / (4 * MAX_SQRT_GRADIENT^2)), which keeps bfloat16 training finite.
+MAX_SQRT_GRADIENT = 1000.0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def sqrt_bound_derivative(z: jax.Array, max_gradient: float) -> jax.Array:
+  """`sqrt(z)` whose derivative is capped at `max_gradient`."""
+  del max_gradient
+  return jnp.sqrt(z)
+
+
+def _sqrt_fwd(z, max_gradient):
+  del max_gradient
+  return jnp.sqrt(z), z
+
+
+def _sqrt_bwd(max_gradient, z, g):
+  z_clipped = jnp.maximum(z, 1.0 / (4.0 * max_gradient**2))
+  return (g * 0.5 * jax.lax.rsqrt(z_clipped),)
+
+
+sqrt_bound_derivative.defvjp(_sqrt_fwd, _sqrt_bwd)
+
+
+def rg_lru_gates(
+    gate_x: jax.Array,
+    gate_a: jax.Array,
+    a_param: jax.Array,
+    reset: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """Float32 `(a [B, T, D], input_scale [B, T, D])` of the RG-LRU.
+
+  `input_scale = sigmoid(gate_x) * m_t` multiplies x before the scan.
+  """
+  gate_x = jax.nn.sigmoid(gate_x.astype(jnp.float32))
+  gate_a = jax.nn.sigmoid(gate_a.astype(jnp.float32))
+  log_a = -8.0 * gate_a * jax.nn.softplus(a_param.astype(jnp.float32))
+  a = jnp.exp(log_a)
+  a_squared = jnp.exp(2.0 * log_a)
+  multiplier = sqrt_bound_derivative(1.0 - a_squared, MAX_SQRT_GRADIENT)
+  reset = reset[..., None]
+  multiplier = jnp.where(reset, 1.0, multiplier)
+  a = jnp.where(reset, 0.0, a)
+  return a, gate_x * multiplier
+
+
+def rg_lru_gate_product(
+    gate_a: jax.Array, a_param: jax.Array, reset: jax.Array
+) -> jax.Array:
+  """Float32 `[B, D]` product over time of the gates `a_t`.
+
+  Computed in log space, `prod_t a_t = exp(-8 softplus(Lambda) sum_t r_t)`,
+  and 0 where a document starts in the span (the reset sets `a_t = 0`).
+  """
+  rec_gate = jax.nn.sigmoid(gate_a.astype(jnp.float32))
+  log_a = -8.0 * jnp.sum(rec_gate, axis=1) * jax.nn.softplus(
+      a_param.astype(jnp.float32)
+  )
+  return jnp.where(jnp.any(reset, axis=1)[:, None], 0.0, jnp.exp(log_a))

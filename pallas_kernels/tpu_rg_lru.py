@@ -32,14 +32,12 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 
+from pallas_kernels import reference
 from pallas_kernels import tpu_scan as ts
-# (`pallas_kernels.rg_lru` the attribute is the function; import by name.)
-from pallas_kernels.rg_lru import MAX_SQRT_GRADIENT
-from pallas_kernels.rg_lru import register_fused_impl
 
 _f32 = jnp.float32
-# d sqrt(z)/dz is taken at max(z, _MIN_Z) (see rg_lru.sqrt_bound_derivative).
-_MIN_Z = 1.0 / (4.0 * MAX_SQRT_GRADIENT**2)
+# d sqrt(z)/dz is taken at max(z, _MIN_Z) (`reference.sqrt_bound_derivative`).
+_MIN_Z = 1.0 / (4.0 * reference.MAX_SQRT_GRADIENT**2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +53,7 @@ class _Gates:
 
 
 def _gates(gate_x, gate_a, reset, softplus_lambda) -> _Gates:
-  """Gate math of `rg_lru.rg_lru_gates` on values `[16, N]`, reset `[16, 1]`."""
+  """`reference.rg_lru_gates` on values `[16, N]`, reset `[16, 1]`."""
   input_gate = jax.nn.sigmoid(gate_x)
   rec_gate = jax.nn.sigmoid(gate_a)
   log_a = -8.0 * rec_gate * softplus_lambda
@@ -85,17 +83,10 @@ def _fwd_kernel(
     y_ref, states_ref, h_last_ref, carry_ref = refs
   else:
     (y_ref, h_last_ref, carry_ref), states_ref = refs, None
-  k = pl.program_id(2)
-
-  @pl.when(k == 0)
-  def _():
-    carry_ref[...] = h0_ref[...]
-
   softplus_lambda = sp_ref[...]
-  num_units = x_ref.shape[0] // ts.TIME_ALIGN
 
-  def body(i, carry):
-    rows = pl.ds(ts.unit_start(i, num_units, False), ts.TIME_ALIGN)
+  def body(start, carry, local):
+    rows = pl.ds(start, ts.TIME_ALIGN)
     g = _gates(
         _load(gx_ref, rows),
         _load(ga_ref, rows),
@@ -107,14 +98,11 @@ def _fwd_kernel(
     y_ref[rows, :] = h.astype(y_ref.dtype)
     if states_ref is not None:
       states_ref[rows, :] = h
-    return carry
+    return carry, local
 
-  carry = jax.lax.fori_loop(0, num_units, body, carry_ref[...])
-  carry_ref[...] = carry
-
-  @pl.when(k == pl.num_programs(2) - 1)
-  def _():
-    h_last_ref[...] = carry
+  ts.walk_time_block(
+      body, x_ref.shape[0], False, carry_ref, h0_ref, h_last_ref
+  )
 
 
 def _bwd_kernel(
@@ -125,23 +113,18 @@ def _bwd_kernel(
   """Refs: the forward inputs, states `[bt, bd]` and the 8 state rows before
   the block, h0, dy, dh_last -> dx, d gate_x, d gate_a `[bt, bd]`, the partial
   sums `[8, bd]` of dL/d log a * sigmoid(gate_a), dh0 `[1, bd]`."""
-  k = pl.program_id(2)
-  last_step = k == pl.num_programs(2) - 1
 
-  @pl.when(k == 0)
+  @pl.when(pl.program_id(2) == 0)
   def _():
-    c_ref[...] = dh_last_ref[...]
     dsp_ref[...] = jnp.zeros(dsp_ref.shape, _f32)
 
   boundary = jnp.where(
-      last_step, h0_ref[...], ts.last_row(h_before_ref[...], False)
+      ts.is_last_time_block(), h0_ref[...],
+      ts.last_row(h_before_ref[...], False),
   )
   softplus_lambda = sp_ref[...]
-  num_units = x_ref.shape[0] // ts.TIME_ALIGN
 
-  def body(i, carry):
-    c, dsp_acc = carry
-    start = ts.unit_start(i, num_units, True)
+  def body(start, c, dsp_acc):
     rows = pl.ds(start, ts.TIME_ALIGN)
     x = _load(x_ref, rows)
     reset = reset_ref[rows, :] != 0
@@ -171,15 +154,12 @@ def _bwd_kernel(
     dsp_acc = dsp_acc + d_sp[: ts.SUBLANES] + d_sp[ts.SUBLANES :]
     return c, dsp_acc
 
-  c, dsp_acc = jax.lax.fori_loop(
-      0, num_units, body, (c_ref[...], jnp.zeros(dsp_ref.shape, _f32))
+  # The Lambda partial sums of this block, in registers, then added to the
+  # resident output block.
+  dsp_ref[...] += ts.walk_time_block(
+      body, x_ref.shape[0], True, c_ref, dh_last_ref, dh0_ref,
+      local=jnp.zeros(dsp_ref.shape, _f32),
   )
-  c_ref[...] = c
-  dsp_ref[...] += dsp_acc
-
-  @pl.when(last_step)
-  def _():
-    dh0_ref[...] = c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,14 +195,7 @@ def _forward(x, gate_x, gate_a, a_param, reset, h0, cfg: _Config, save_states):
   sp = _softplus_row(a_param, tl)
   specs = ts.block_specs(tl, reverse=False, backward=False)
   save = save_states and x.dtype != _f32
-  shape = (b, tl.t_pad, tl.d_pad)
-  out_shape = [jax.ShapeDtypeStruct(shape, x.dtype)]
-  out_specs = [specs.big]
-  if save:
-    out_shape.append(jax.ShapeDtypeStruct(shape, _f32))
-    out_specs.append(specs.big)
-  out_shape.append(jax.ShapeDtypeStruct((b, 1, tl.d_pad), _f32))
-  out_specs.append(specs.row)
+  out_shape, out_specs = ts.forward_outputs(specs, tl, b, x.dtype, save)
   n = b * tl.t_pad * tl.d_pad
   itemsizes = (
       2 * x.dtype.itemsize + gate_x.dtype.itemsize + gate_a.dtype.itemsize
@@ -356,7 +329,7 @@ def _rg_lru_bwd(cfg: _Config, residuals, cotangents):
 _rg_lru.defvjp(_rg_lru_fwd, _rg_lru_bwd)
 
 
-def rg_lru_tpu(
+def rg_lru(
     x: jax.Array,
     gate_x: jax.Array,
     gate_a: jax.Array,
@@ -378,7 +351,7 @@ def rg_lru_tpu(
     a_param: `[D]` Lambda.
     reset: `[B, T]` bool, True at document starts.
     h0: optional `[B, D]` float32 state (zeros when None).
-    interpret: as in `tpu_scan.linear_scan_tpu`.
+    interpret: as in `tpu_scan.linear_scan`.
     block_t, block_d, vmem_budget_bytes: tiling overrides (see
       `tpu_scan.choose_tiling`).
 
@@ -409,4 +382,7 @@ def rg_lru_tpu(
   )
 
 
-register_fused_impl("pallas_tpu", rg_lru_tpu)
+def fused_kernel_applies(shape: tuple[int, int, int], dtype) -> bool:
+  """Where the fused kernel is the RG-LRU on TPU: at every shape."""
+  del shape, dtype
+  return True

@@ -57,8 +57,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 
-from pallas_kernels import api
-
 LANES = 128
 SUBLANES = 8
 # Rows handled per inner-loop step; time blocks are multiples of it.
@@ -341,6 +339,59 @@ def unit_start(i, num_units: int, descending: bool):
   return pl.multiple_of(u * TIME_ALIGN, TIME_ALIGN)
 
 
+def is_last_time_block() -> jax.Array:
+  """Whether this grid step visits the last time block (in visiting order)."""
+  return pl.program_id(2) == pl.num_programs(2) - 1
+
+
+def walk_time_block(
+    body, num_rows: int, descending: bool, carry_ref, first_ref, last_ref,
+    local=None,
+):
+  """The walk over one time block that every TPU kernel shares.
+
+  The state carried across time blocks lives in the `[1, bd]` VMEM scratch
+  `carry_ref`: at the first time block it is read from `first_ref`, at the
+  last it is written to `last_ref`. In between, the block's TIME_ALIGN-row
+  units are visited in order (from the last when `descending`), each with
+  `body(start, carry, local) -> (carry, local)`, `start` being the unit's
+  first row.
+
+  Args:
+    body: the step over one unit; `carry` is the `[1, bd]` state.
+    num_rows: rows of the time block, a multiple of TIME_ALIGN.
+    descending: visit the units from the block's last row to its first.
+    carry_ref: the `[1, bd]` float32 VMEM scratch holding the state.
+    first_ref: `[1, bd]` ref the state starts from.
+    last_ref: `[1, bd]` ref that receives the final state.
+    local: initial value of a carry that lives for this block only (e.g. an
+      accumulator), or None.
+
+  Returns:
+    The final `local`.
+  """
+
+  @pl.when(pl.program_id(2) == 0)
+  def _():
+    carry_ref[...] = first_ref[...]
+
+  num_units = num_rows // TIME_ALIGN
+
+  def step(i, carries):
+    return body(unit_start(i, num_units, descending), *carries)
+
+  carry, local = jax.lax.fori_loop(
+      0, num_units, step, (carry_ref[...], local)
+  )
+  carry_ref[...] = carry
+
+  @pl.when(is_last_time_block())
+  def _():
+    last_ref[...] = carry
+
+  return local
+
+
 def state_before_unit(h_ref, start, boundary, reverse: bool) -> jax.Array:
   """The forward state just before the unit at `start` (a `[1, N]` row).
 
@@ -401,6 +452,22 @@ def block_specs(tiling: Tiling, reverse: bool, backward: bool) -> BlockSpecs:
   )
 
 
+def forward_outputs(
+    specs: BlockSpecs, tiling: Tiling, batch: int, dtype, save: bool
+) -> tuple[list[jax.ShapeDtypeStruct], list[pl.BlockSpec]]:
+  """`(out_shape, out_specs)` of a forward kernel: y `[B, T, D]` in `dtype`,
+  then (when `save`) the float32 states, then h_last `[B, 1, D]` float32."""
+  shape = (batch, tiling.t_pad, tiling.d_pad)
+  out_shape = [jax.ShapeDtypeStruct(shape, dtype)]
+  out_specs = [specs.big]
+  if save:
+    out_shape.append(jax.ShapeDtypeStruct(shape, _f32))
+    out_specs.append(specs.big)
+  out_shape.append(jax.ShapeDtypeStruct((batch, 1, tiling.d_pad), _f32))
+  out_specs.append(specs.row)
+  return out_shape, out_specs
+
+
 # ----------------------------------------------------------------------------
 # The scan kernels.
 
@@ -411,30 +478,20 @@ def _fwd_kernel(x_ref, a_ref, h0_ref, *refs, reverse: bool, save: bool):
     y_ref, states_ref, h_last_ref, carry_ref = refs
   else:
     (y_ref, h_last_ref, carry_ref), states_ref = refs, None
-  k = pl.program_id(2)
 
-  @pl.when(k == 0)
-  def _():
-    carry_ref[...] = h0_ref[...]
-
-  num_units = x_ref.shape[0] // TIME_ALIGN
-
-  def body(i, carry):
-    rows = pl.ds(unit_start(i, num_units, reverse), TIME_ALIGN)
+  def body(start, carry, local):
+    rows = pl.ds(start, TIME_ALIGN)
     x = x_ref[rows, :].astype(_f32)
     a = a_ref[rows, :].astype(_f32)
     h, carry = scan_unit(a, x, carry, reverse)
     y_ref[rows, :] = h.astype(y_ref.dtype)
     if states_ref is not None:
       states_ref[rows, :] = h
-    return carry
+    return carry, local
 
-  carry = jax.lax.fori_loop(0, num_units, body, carry_ref[...])
-  carry_ref[...] = carry
-
-  @pl.when(k == pl.num_programs(2) - 1)
-  def _():
-    h_last_ref[...] = carry
+  walk_time_block(
+      body, x_ref.shape[0], reverse, carry_ref, h0_ref, h_last_ref
+  )
 
 
 def _bwd_kernel(
@@ -443,21 +500,12 @@ def _bwd_kernel(
 ):
   """Refs: a, states `[bt, bd]`, the 8 state rows before the block, h0,
   dy `[bt, bd]`, dh_last `[1, bd]` -> dx, da `[bt, bd]`, dh0 `[1, bd]`."""
-  k = pl.program_id(2)
-  last_step = k == pl.num_programs(2) - 1
-
-  @pl.when(k == 0)
-  def _():
-    c_ref[...] = dh_last_ref[...]
-
   # The first block in forward order (visited last) starts from h0.
   boundary = jnp.where(
-      last_step, h0_ref[...], last_row(h_before_ref[...], reverse)
+      is_last_time_block(), h0_ref[...], last_row(h_before_ref[...], reverse)
   )
-  num_units = a_ref.shape[0] // TIME_ALIGN
 
-  def body(i, c):
-    start = unit_start(i, num_units, not reverse)
+  def body(start, c, local):
     rows = pl.ds(start, TIME_ALIGN)
     a = a_ref[rows, :].astype(_f32)
     h_before = state_before_unit(h_ref, start, boundary, reverse)
@@ -466,14 +514,11 @@ def _bwd_kernel(
     )
     dx_ref[rows, :] = g.astype(dx_ref.dtype)
     da_ref[rows, :] = (g * h_prev).astype(da_ref.dtype)
-    return c
+    return c, local
 
-  c = jax.lax.fori_loop(0, num_units, body, c_ref[...])
-  c_ref[...] = c
-
-  @pl.when(last_step)
-  def _():
-    dh0_ref[...] = c
+  walk_time_block(
+      body, a_ref.shape[0], not reverse, c_ref, dh_last_ref, dh0_ref
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,14 +537,7 @@ def _forward(x, a, h0, cfg: _Config, save_states: bool):
   # A float32 y already is the states array the backward needs.
   save = save_states and x.dtype != _f32
   specs = block_specs(tl, cfg.reverse, backward=False)
-  shape = (b, tl.t_pad, tl.d_pad)
-  out_shape = [jax.ShapeDtypeStruct(shape, x.dtype)]
-  out_specs = [specs.big]
-  if save:
-    out_shape.append(jax.ShapeDtypeStruct(shape, _f32))
-    out_specs.append(specs.big)
-  out_shape.append(jax.ShapeDtypeStruct((b, 1, tl.d_pad), _f32))
-  out_specs.append(specs.row)
+  out_shape, out_specs = forward_outputs(specs, tl, b, x.dtype, save)
   n = b * tl.t_pad * tl.d_pad
   bytes_accessed = n * (x.dtype.itemsize * 2 + a.dtype.itemsize + 4 * save)
   outs = pl.pallas_call(
@@ -586,7 +624,7 @@ def _scan_bwd(cfg: _Config, residuals, cotangents):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def linear_scan_tpu(
+def linear_scan(
     x: jax.Array,
     a: jax.Array,
     h0: jax.Array,
@@ -627,6 +665,3 @@ def linear_scan_tpu(
       vmem_budget_bytes=vmem_budget_bytes,
   )
   return _scan(x, a, h0.astype(_f32), _Config(reverse, tiling, interpret))
-
-
-api.register_impl("pallas_tpu", linear_scan_tpu)

@@ -5,6 +5,7 @@ The fields mirror the official RecurrentGemma config (`vocab_size`, `width`,
 `attention_window_size`, `logits_soft_cap`, `embeddings_scale_by_sqrt_dim`)
 and add what a training framework needs (dtypes, scan implementation, remat).
 Every invalid value raises `ConfigError` naming the field and what is allowed.
+Named configurations live in `presets` (`presets.get("griffin-100m")`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,27 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCAN_IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "associative", "sequential")
+import pallas_kernels
+
+SCAN_IMPLS = pallas_kernels.IMPLS  # Defined once, with the kernel table.
 # Local attention of the training forward (`nn.attention.local_attention`).
 ATTENTION_IMPLS = ("auto", "xla", "pallas_gpu")
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# `remat` names -> the `jax.checkpoint` policy of each residual block:
+# "none" is no rematerialisation, "full" (policy None) saves nothing and
+# recomputes the whole block.
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+# Fields that, left None, follow another field (also under `replace`).
+_FOLLOWS = {"lru_width": "width", "lru_num_heads": "num_heads"}
 
 
 class ConfigError(ValueError):
@@ -73,18 +87,23 @@ class GriffinConfig:
     logits_soft_cap: `cap * tanh(logits / cap)` when > 0.
     embeddings_scale_by_sqrt_dim: scale embeddings by sqrt(width), rounded
       to bfloat16 as in the released checkpoints.
-    lru_width: RG-LRU width (defaults to `width`).
-    lru_num_heads: diagonal blocks of the RG-LRU gates (defaults to
-      `num_heads`, as in the official model); must divide `lru_width`.
+    lru_width: RG-LRU width; None (the default) means `width`.
+    lru_num_heads: diagonal blocks of the RG-LRU gates; None (the default)
+      means `num_heads`, as in the official model; must divide `lru_width`.
+      Both hold the resolved value after construction, and a field left
+      None keeps following under `replace` (`replace(width=...)` changes
+      `lru_width` too).
     conv1d_temporal_width: taps of the causal depthwise convolution.
-    dtype: compute dtype ("float32" or "bfloat16").
-    param_dtype: parameter storage dtype.
+    dtype: compute dtype name ("float32", "bfloat16", "float16"; layers
+      take `jnp.dtype(config.dtype)`).
+    param_dtype: parameter storage dtype name.
     scan_impl: RG-LRU scan implementation (see `pallas_kernels.IMPLS`).
     fused_rg_lru: use the fused RG-LRU kernel when the scan impl has one.
     attention_impl: local attention without a cache (training, prefill of
       a whole prompt): "xla" (blocked, logits materialised per block),
       "pallas_gpu" (flash kernel, `pallas_kernels.gpu_local_attention`) or
-      "auto" ("xla" until the kernel is timed on a GPU).
+      "auto" (the flash kernel on a single GPU, else "xla":
+      `nn.attention.resolve_attention_impl`).
     remat: rematerialisation policy for each residual block.
   """
 
@@ -128,12 +147,16 @@ class GriffinConfig:
       raise ConfigError(
           f"num_heads: {self.num_heads} must divide width={self.width}"
       )
-    if self.has_recurrence and self.lru_width_resolved % self.lru_heads:
-      field = "lru_num_heads" if self.lru_num_heads else "num_heads"
+    following = frozenset(k for k in _FOLLOWS if getattr(self, k) is None)
+    object.__setattr__(self, "_following", following)
+    for field in following:
+      set_(field, getattr(self, _FOLLOWS[field]))
+    if self.has_recurrence and self.lru_width % self.lru_num_heads:
+      field = ("num_heads" if "lru_num_heads" in following
+               else "lru_num_heads")
       raise ConfigError(
-          f"{field}: {self.lru_heads} must divide "
-          f"lru_width={self.lru_width_resolved} (set lru_num_heads to a "
-          "divisor)"
+          f"{field}: {self.lru_num_heads} must divide "
+          f"lru_width={self.lru_width} (set lru_num_heads to a divisor)"
       )
     if self.has_attention and self.head_dim % 2:
       raise ConfigError(
@@ -160,22 +183,14 @@ class GriffinConfig:
       raise ConfigError(f"attention_impl: {self.attention_impl!r} is not one "
                         f"of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
-      raise ConfigError(f"remat: {self.remat!r} is not one of {REMAT_POLICIES}")
+      raise ConfigError(
+          f"remat: {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
 
   # Derived quantities ------------------------------------------------------
 
   @property
   def num_layers(self) -> int:
     return len(self.block_types)
-
-  @property
-  def lru_width_resolved(self) -> int:
-    return self.lru_width or self.width
-
-  @property
-  def lru_heads(self) -> int:
-    """Diagonal blocks of the RG-LRU gates."""
-    return self.lru_num_heads or self.num_heads
 
   @property
   def head_dim(self) -> int:
@@ -189,36 +204,24 @@ class GriffinConfig:
   def has_recurrence(self) -> bool:
     return BlockType.RECURRENT in self.block_types
 
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def parameter_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
-
   def replace(self, **changes) -> "GriffinConfig":
-    """A copy with `changes` applied (validated again)."""
+    """A copy with `changes` applied (validated again); fields left None
+    keep following theirs (`lru_width` follows `width`)."""
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
     if unknown:
       raise ConfigError(
           f"unknown config field(s) {sorted(unknown)}; allowed: "
           f"{[f.name for f in dataclasses.fields(self)]}"
       )
-    return dataclasses.replace(self, **changes)
-
-  @classmethod
-  def from_preset(cls, name: str, **overrides) -> "GriffinConfig":
-    """A named preset (see `presets.PRESETS`), with optional overrides."""
-    from recurrentgemma_jax import presets  # pylint: disable=g-import-not-at-top
-
-    return presets.get(name).replace(**overrides) if overrides else (
-        presets.get(name)
-    )
+    return dataclasses.replace(
+        self, **{**dict.fromkeys(self._following), **changes})
 
   def to_dict(self) -> dict[str, Any]:
+    """The fields as given: None where a field follows another, so that
+    `GriffinConfig(**config.to_dict())` rebuilds `config`."""
     out = dataclasses.asdict(self)
     out["block_types"] = [b.value for b in self.block_types]
+    out.update(dict.fromkeys(self._following))
     return out
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from recurrentgemma_jax import safetensors_io
+from recurrentgemma_jax import weights
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
@@ -183,7 +184,7 @@ def config_to_hf(config: GriffinConfig, *, dtype: str = "float32"
   if config.logits_soft_cap <= 0:
     refuse("logits_soft_cap", config.logits_soft_cap,
            "> 0: transformers always soft-caps the logits")
-  if config.lru_heads != config.num_heads:
+  if config.lru_num_heads != config.num_heads:
     refuse("lru_num_heads", config.lru_num_heads,
            f"None or num_heads={config.num_heads}: transformers' RG-LRU uses "
            "num_attention_heads gate blocks")
@@ -206,7 +207,7 @@ def config_to_hf(config: GriffinConfig, *, dtype: str = "float32"
       "num_attention_heads": config.num_heads,
       "num_key_value_heads": 1,
       "head_dim": config.head_dim,
-      "lru_width": config.lru_width_resolved,
+      "lru_width": config.lru_width,
       "attention_window_size": window + 1,
       "conv1d_width": config.conv1d_temporal_width,
       "logits_soft_cap": config.logits_soft_cap,
@@ -425,9 +426,14 @@ def read_hf_checkpoint(path: str | os.PathLike
       os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def stored_dtype(tensors: Mapping[str, Any]) -> str:
-  """The checkpoint's float dtype when all tensors share one, else float32."""
-  names = {np.asarray(v).dtype.name for v in tensors.values()}
+def stored_dtype(tensors: Any) -> str:
+  """The checkpoint's float dtype when all tensors share one, else float32.
+
+  `tensors`: a tree whose leaves have a `dtype` (arrays, or the array
+  metadata of an Orbax checkpoint).
+  """
+  dtype = lambda v: v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+  names = {np.dtype(dtype(v)).name for v in jax.tree.leaves(tensors)}
   return names.pop() if len(names) == 1 and names <= set(_FLOAT_DTYPES) else (
       "float32")
 
@@ -474,14 +480,7 @@ def from_hf(
   else:
     config_overrides.setdefault("param_dtype", stored_dtype(tensors))
     griffin = config_from_hf(config, **config_overrides)
-  params = params_from_hf(tensors, griffin)
-  model = nnx.eval_shape(lambda: Griffin(griffin, rngs=nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  dtype = griffin.parameter_dtype
-  nnx.replace_by_pure_dict(
-      state, jax.tree.map(lambda v: jnp.asarray(v, dtype), params))
-  nnx.update(model, state)
-  return model
+  return weights.griffin_from_params(griffin, params_from_hf(tensors, griffin))
 
 
 def to_hf(

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.config import REMAT_POLICIES
 from recurrentgemma_jax.config import check_token_ids
+from recurrentgemma_jax.nn import logical
 from recurrentgemma_jax.nn.embedding import Embedder
 from recurrentgemma_jax.nn.normalization import RMSNorm
 from recurrentgemma_jax.nn.residual import BlockCache
 from recurrentgemma_jax.nn.residual import ResidualBlock
 
-REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole block
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+if TYPE_CHECKING:  # shape annotations only: no runtime dependency
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxtyping import Array, Float, Integer  # pylint: disable=g-import-not-at-top
+
+  # Token ids and positions: on the device, or host arrays (checked eagerly).
+  Ids = Integer[Array, "B T"] | Integer[np.ndarray, "B T"]
+  Logits = Float[Array, "B T V"]
 
 
 class GriffinCache(NamedTuple):
@@ -45,15 +48,15 @@ class Griffin(nnx.Module):
   mixes information across a document start.
 
   Example:
-    >>> config = GriffinConfig.from_preset("griffin-100m", vocab_size=256)
+    >>> config = presets.get("griffin-100m", vocab_size=256)
     >>> model = Griffin(config, rngs=nnx.Rngs(0))
     >>> logits = model(tokens, segment_pos)          # [B, T, 256]
   """
 
   def __init__(self, config: GriffinConfig, *, rngs: nnx.Rngs):
     self.config = config
-    kw = dict(dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
-              rngs=rngs)
+    kw = dict(dtype=jnp.dtype(config.dtype),
+              param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
     self.embedder = Embedder(
         config.vocab_size, config.width,
         scale_by_sqrt_dim=config.embeddings_scale_by_sqrt_dim, **kw,
@@ -67,7 +70,7 @@ class Griffin(nnx.Module):
       self, batch_size: int, length: int | None = None
   ) -> GriffinCache:
     """An empty decoding cache; `length` is needed for global attention."""
-    dtype = self.config.compute_dtype
+    dtype = jnp.dtype(self.config.dtype)
     return GriffinCache(
         blocks=tuple(b.init_cache(batch_size, dtype, length)
                      for b in self.blocks),
@@ -77,12 +80,12 @@ class Griffin(nnx.Module):
 
   def __call__(
       self,
-      tokens: jax.Array,
-      segment_pos: jax.Array,
+      tokens: Ids,
+      segment_pos: Ids,
       cache: GriffinCache | None = None,
       *,
       return_cache: bool = False,
-  ) -> jax.Array | tuple[jax.Array, GriffinCache]:
+  ) -> Logits | tuple[Logits, GriffinCache]:
     """Runs the model.
 
     Token ids must lie in `[0, vocab_size)`. Concrete ids (an eager call)
@@ -117,8 +120,8 @@ class Griffin(nnx.Module):
     # pinned batch-sharded (no-ops elsewhere): otherwise XLA may copy the
     # table's `embed -> fsdp` split onto the residual stream and keep the
     # whole global batch on every chip (docs/tpu.md, row 3).
-    x = sharding.constrain(self.embedder.encode(tokens),
-                           sharding.RESIDUAL_AXES)
+    x = logical.constrain(self.embedder.encode(tokens),
+                          logical.RESIDUAL_AXES)
     new_blocks = []
     for i, block in enumerate(self.blocks):
       block_cache = None if cache is None else cache.blocks[i]
@@ -131,7 +134,7 @@ class Griffin(nnx.Module):
       new_blocks.append(block_cache)
 
     logits = self.embedder.decode(self.final_norm(x))
-    logits = sharding.constrain(logits, sharding.LOGITS_AXES)
+    logits = logical.constrain(logits, logical.LOGITS_AXES)
     cap = self.config.logits_soft_cap
     if cap:
       logits = jnp.tanh(logits / cap) * cap

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from recurrentgemma_jax import presets
+from recurrentgemma_jax import weights
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
@@ -112,16 +112,8 @@ def from_official(
       embeddings_scale_by_sqrt_dim=embeddings_scale_by_sqrt_dim,
       **config_overrides,
   )
-  model = nnx.eval_shape(lambda: Griffin(config, rngs=nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  ours = _to_ours(params, config.num_layers)
-  expected = nnx.to_pure_dict(state)
-  _check_same_structure(expected, ours)
-  dtype = config.parameter_dtype
-  values = jax.tree.map(lambda v: jnp.asarray(v, dtype), ours)
-  nnx.replace_by_pure_dict(state, values)
-  nnx.update(model, state)
-  return model
+  return weights.griffin_from_params(config,
+                                     _to_ours(params, config.num_layers))
 
 
 def to_official(model: Griffin) -> dict[str, Any]:
@@ -196,23 +188,3 @@ def _plain(tree):
   if isinstance(tree, Mapping):
     return {str(k): _plain(v) for k, v in tree.items()}
   return tree
-
-
-def _check_same_structure(expected, got, path: str = "") -> None:
-  if isinstance(expected, Mapping):
-    if not isinstance(got, Mapping):
-      raise ValueError(f"params{path}: expected a dict, got {type(got)}")
-    missing = set(expected) - set(got)
-    extra = set(got) - set(expected)
-    if missing or extra:
-      raise ValueError(
-          f"params{path}: missing {sorted(map(str, missing))}, unexpected "
-          f"{sorted(map(str, extra))}"
-      )
-    for key in expected:
-      _check_same_structure(expected[key], got[key], f"{path}/{key}")
-  elif tuple(expected.shape) != tuple(np.shape(got)):
-    raise ValueError(
-        f"params{path}: shape {np.shape(got)} does not match the model's "
-        f"{tuple(expected.shape)}"
-    )

@@ -79,8 +79,12 @@ def names() -> tuple[str, ...]:
   return tuple(PRESETS)
 
 
-def get(name: str) -> GriffinConfig:
-  """The preset called `name`; a clear error lists the known names."""
+def get(name: str, **overrides) -> GriffinConfig:
+  """The preset called `name`, with `overrides` of its fields applied
+  (`GriffinConfig.replace`); a clear error lists the known names.
+
+    config = presets.get("griffin-100m", vocab_size=256)
+  """
   if name not in PRESETS:
     raise ConfigError(f"preset: unknown preset {name!r}; known: {names()}")
-  return PRESETS[name]
+  return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

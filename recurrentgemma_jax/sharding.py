@@ -1,7 +1,7 @@
 """Device mesh and the logical-axis rules that shard parameters and batches.
 
 Every parameter carries logical axis names (`nn/params.py`); `DEFAULT_RULES`
-maps them onto the four mesh axes:
+maps them onto the four mesh axes (`nn.logical.logical_to_mesh`):
 
 - `data`: pure data parallelism (parameters replicated).
 - `fsdp`: data parallelism with parameters and optimizer state sharded
@@ -13,13 +13,10 @@ maps them onto the four mesh axes:
 
 The batch is split over `data x fsdp` (rows) and `sequence` (time).
 
-Activations carry logical names too (`activation_*`, MaxText style): the
-model calls `constrain(x, axes)` on its residual stream and logits. Under
-`model_sharding(mesh)` (the context the train and eval steps are traced in)
-that pins them to the rules' layout; elsewhere it does nothing. Without the
-pins XLA's propagation is free to copy the parameters' `embed -> fsdp`
-sharding onto the residual stream, which leaves the batch whole on every
-chip (docs/tpu.md, row 3).
+Activations carry logical names too (`activation_*`, `nn/logical.py`): the
+model calls `logical.constrain(x, axes)` on its residual stream and logits.
+Under `model_sharding(mesh)` (the context the train and eval steps are
+traced in) that pins them to the rules' layout; elsewhere it does nothing.
 
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 2, "sequence": 1})
     shardings = param_shardings(logical_axes(abstract_state), mesh)
@@ -30,7 +27,6 @@ chip (docs/tpu.md, row 3).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -43,12 +39,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import pallas_kernels
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.nn import logical
+from recurrentgemma_jax.nn.logical import Rules
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
-
-MeshAxes = str | tuple[str, ...] | None
-Rules = Sequence[tuple[str, MeshAxes]]
 
 DEFAULT_RULES: Rules = (
     ("batch", BATCH_AXES),
@@ -74,14 +69,6 @@ DEFAULT_RULES: Rules = (
     ("activation_vocab", "tensor"),
     ("activation_mlp", "tensor"),
 )
-
-# Logical axes of the activations the model pins (`constrain`).
-RESIDUAL_AXES = ("activation_batch", "activation_length", "activation_embed")
-LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
-# The MLP's input broadcast to its two up projections, [2, B, T, D], and
-# their outputs, [2, B, T, F].
-MLP_IN_AXES = (None, *RESIDUAL_AXES)
-MLP_UP_AXES = (None, "activation_batch", "activation_length", "activation_mlp")
 
 
 def mesh_shape(
@@ -132,27 +119,6 @@ def make_mesh(
   )
 
 
-def logical_to_mesh(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES
-                    ) -> PartitionSpec:
-  """Logical axis names -> a `PartitionSpec` of mesh axes.
-
-  A mesh axis is used at most once per array: a later dimension that maps to
-  an axis already taken stays replicated.
-  """
-  table = dict(rules)
-  used: set[str] = set()
-  out = []
-  for name in axes:
-    if name is not None and name not in table:
-      raise ConfigError(f"sharding: no rule for logical axis {name!r}")
-    target = table.get(name) if name is not None else None
-    names = (target,) if isinstance(target, str) else tuple(target or ())
-    names = tuple(n for n in names if n not in used)
-    used.update(names)
-    out.append(names[0] if len(names) == 1 else (names or None))
-  return PartitionSpec(*out)
-
-
 def logical_axes(state: nnx.State) -> dict[str, Any]:
   """Pure-dict tree of each parameter's logical axes (a tuple per leaf)."""
   axes = jax.tree.map(
@@ -174,14 +140,15 @@ def param_shardings(
 ) -> Any:
   """`NamedSharding`s for a tree of logical-axes tuples."""
   return jax.tree.map(
-      lambda axes: NamedSharding(mesh, logical_to_mesh(axes, rules)),
+      lambda axes: NamedSharding(mesh, logical.logical_to_mesh(axes, rules)),
       axes_tree, is_leaf=_is_axes,
   )
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
   """Sharding of `[batch, time]` input arrays."""
-  return NamedSharding(mesh, logical_to_mesh(("batch", "length"), rules))
+  return NamedSharding(mesh,
+                       logical.logical_to_mesh(("batch", "length"), rules))
 
 
 def _scan_sharding(mesh: Mesh, rules: Rules):
@@ -195,67 +162,14 @@ def _scan_sharding(mesh: Mesh, rules: Rules):
   )
 
 
-# (mesh, rules) of the innermost `activation_sharding`; None outside one.
-_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = (
-    contextvars.ContextVar("activation_sharding", default=None))
-
-
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES
-                        ) -> Iterator[None]:
-  """Makes `constrain` pin activations to `mesh` by `rules` while tracing."""
-  token = _ACTIVATIONS.set((mesh, tuple(rules)))
-  try:
-    yield
-  finally:
-    _ACTIVATIONS.reset(token)
-
-
 @contextlib.contextmanager
 def model_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES
                    ) -> Iterator[None]:
   """The context the model is traced in on `mesh`: RG-LRU scans per shard
-  and activation constraints (`constrain`), both by `rules`. It must
-  surround the tracing of the step (not only its call)."""
-  with _scan_sharding(mesh, rules), activation_sharding(mesh, rules):
+  and activation constraints (`logical.constrain`), both by `rules`. It
+  must surround the tracing of the step (not only its call)."""
+  with _scan_sharding(mesh, rules), logical.activation_sharding(mesh, rules):
     yield
-
-
-def _fitting_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh
-                  ) -> PartitionSpec:
-  """`spec` without the mesh axes a dimension cannot use: axes that are
-  manual here (inside a `shard_map`) or do not divide it (e.g. T = 1 when
-  decoding under a `sequence` axis)."""
-  manual = set(jax.sharding.get_abstract_mesh().manual_axes)
-  out = []
-  for size, names in zip(shape, spec):
-    names = (names,) if isinstance(names, str) else tuple(names or ())
-    names = tuple(n for n in names if n not in manual)
-    if size % math.prod(mesh.shape[n] for n in names):
-      names = ()
-    out.append(names[0] if len(names) == 1 else (names or None))
-  return PartitionSpec(*out)
-
-
-def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-  """`x` pinned to the layout of its logical `axes` under
-  `activation_sharding` / `model_sharding`; `x` itself (nothing traced)
-  outside them or on a one-device mesh.
-
-  Args:
-    x: an activation, e.g. the residual stream `[B, T, D]` or the logits
-      `[B, T, V]`.
-    axes: one logical name (or None) per dimension of `x`, e.g.
-      `RESIDUAL_AXES`.
-  """
-  active = _ACTIVATIONS.get()
-  if active is None:
-    return x
-  mesh, rules = active
-  if mesh.size == 1:
-    return x
-  spec = _fitting_spec(x.shape, logical_to_mesh(axes, rules), mesh)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -264,7 +178,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
   """How many ways the batch rows are split."""
-  spec = logical_to_mesh(("batch",), rules)[0]
+  spec = logical.logical_to_mesh(("batch",), rules)[0]
   names = (spec,) if isinstance(spec, str) else tuple(spec or ())
   return math.prod(mesh.shape[n] for n in names)
 
@@ -288,7 +202,7 @@ def check_model_fits_mesh(
   tensor = mesh.shape["tensor"]
   heads = [("num_heads", config.num_heads)] if config.has_attention else []
   if config.has_recurrence:
-    heads.append(("lru_num_heads", config.lru_heads))
+    heads.append(("lru_num_heads", config.lru_num_heads))
   for field, value in heads:
     if value % tensor:
       raise ConfigError(
@@ -299,7 +213,7 @@ def check_model_fits_mesh(
                                                    is_leaf=_is_axes)[0]
   flat_shapes = jax.tree.leaves(shapes)
   for (path, axes), leaf in zip(flat_axes, flat_shapes):
-    spec = logical_to_mesh(axes, rules)
+    spec = logical.logical_to_mesh(axes, rules)
     for dim, (size, names) in enumerate(zip(np.shape(leaf), spec)):
       names = (names,) if isinstance(names, str) else tuple(names or ())
       ways = math.prod(mesh.shape[n] for n in names)

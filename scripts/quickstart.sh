@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 workdir=${1:-/tmp/rg_quickstart}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-.venv/bin/python -m recurrentgemma_jax.train \
+# The `recurrentgemma` command that setup.sh installed (the same as
+# `.venv/bin/python -m recurrentgemma_jax VERB`).
+.venv/bin/recurrentgemma train \
   --config=experiments/selective_copy.py:runlocal --workdir="$workdir"
-.venv/bin/python -m recurrentgemma_jax.plot "$workdir" --out="$workdir/curves.png"
+.venv/bin/recurrentgemma plot "$workdir" --out="$workdir/curves.png"
 echo "[quickstart] metrics: $workdir/metrics.jsonl   curves: $workdir/curves.png"
 echo "[quickstart] for the README's other commands: source .venv/bin/activate"

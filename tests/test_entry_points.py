@@ -1,14 +1,19 @@
-"""What a user meets first at the command line: help texts, exit codes, one-
-line errors, and no start-up noise (libtpu, runpy warnings)."""
+"""What a user meets first at the command line: the `recurrentgemma` verbs
+and their console script, help texts, exit codes, one-line errors, and no
+start-up noise (libtpu, runpy warnings)."""
 
+import importlib
 import os
 import pathlib
 import re
+import runpy
 import subprocess
 import sys
+import types
 
 import pytest
 
+from recurrentgemma_jax import cli
 from recurrentgemma_jax import platforms
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,22 +29,83 @@ def _run(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
                         text=True, capture_output=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("module", ["train", "evaluate"])
-def test_absl_help_exits_0_and_keeps_the_usage_lines(module):
-  result = _run("-m", f"recurrentgemma_jax.{module}", "--help")
+# What each verb's --help must show besides its usage line: flags of its
+# own (absl lists the main module's), and shared ones it adopts.
+HELP = {
+    "train": ["--coordinator_address", "--[no]compile_only", "--topology"],
+    "evaluate": ["--coordinator_address", "--length_multipliers"],
+    "sample": ["0 is greedy (argmax)", "(default: '0.0')",
+               "per prompt (default: '64')"],
+    "convert": ["--from: <official|hf|workdir>", "--to: <official|hf>"],
+    "plot": ["--out: output PNG path (default: 'curves.png')"],
+    "reproduce": ["(default: 'runlocal')", "(default: 'cpu')",
+                  "run: runs sharing each device (default: '1')"],
+    "launch-local": ["--num_processes", "--module"],
+    "launch-tpu": ["--accelerator", "--[no]dry_run"],
+}
+
+
+def test_every_verb_has_its_help():
+  assert sorted(HELP) == sorted(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("verb", list(HELP))
+def test_verb_help_exits_0_with_its_usage_and_flags(verb):
+  result = _run("-m", "recurrentgemma_jax", verb, "--help")
   assert result.returncode == 0, result.stderr[-2000:]
-  # The docstring's usage example keeps its line breaks ("\" continuations).
-  assert re.search(rf"python -m recurrentgemma_jax\.{module} [^\n]*\\\n",
-                   result.stdout)
-  assert "--coordinator_address" in result.stdout
-  if module == "train":
-    assert "--[no]compile_only" in result.stdout
-    assert "--topology" in result.stdout
+  assert "RuntimeWarning" not in result.stderr  # 'found in sys.modules'
+  # The docstring's usage example, with its line breaks ("\" continuations).
+  assert re.search(rf"^ +recurrentgemma {verb} ", result.stdout, re.M)
+  if verb in ("train", "evaluate", "convert", "launch-local"):
+    assert re.search(rf"recurrentgemma {verb} [^\n]*\\\n", result.stdout)
+  text = " ".join(result.stdout.split())
+  for expected in HELP[verb]:
+    assert expected in text, (verb, expected)
+
+
+def test_unknown_or_missing_verb_fails_in_one_line(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["recurrentgemma", "trian"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == (
+      "error: unknown verb 'trian'; one of " + ", ".join(cli.COMMANDS) + "\n")
+  with pytest.raises(SystemExit) as e:
+    cli.main(["recurrentgemma"])
+  assert e.value.code == 1 and "verbs:" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    cli.main(["recurrentgemma", "--help"])
+  assert e.value.code == 0 and "launch-tpu" in capsys.readouterr().out
+
+
+def _setup_kwargs(monkeypatch) -> dict:
+  """What setup.py passes to setuptools.setup (setuptools stubbed: the
+  test venv need not have it)."""
+  captured = {}
+  stub = types.ModuleType("setuptools")
+  stub.setup = lambda **kwargs: captured.update(kwargs)
+  stub.find_packages = lambda **kwargs: []
+  monkeypatch.setitem(sys.modules, "setuptools", stub)
+  runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+  return captured
+
+
+def test_console_scripts_resolve_to_callable_mains(monkeypatch):
+  scripts = _setup_kwargs(monkeypatch)["entry_points"]["console_scripts"]
+  assert scripts == cli.CONSOLE_SCRIPTS
+  for script in scripts:
+    name, target = (part.strip() for part in script.split("="))
+    module, attr = target.split(":")
+    assert callable(getattr(importlib.import_module(module), attr)), name
+  # Each verb is a module with an absl main and an in-process entry.
+  for verb in cli.COMMANDS:
+    module = importlib.import_module(cli.module_name(verb))
+    for attr in ("main", "define_flags", "run"):
+      assert callable(getattr(module, attr)), (verb, attr)
 
 
 @pytest.mark.parametrize("override", [[], ["--config.total_steps=5"]])
 def test_missing_experiment_file_is_named(override):
-  result = _run("-m", "recurrentgemma_jax.train",
+  result = _run("-m", "recurrentgemma_jax.cli.train",
                 "--config=experiments/selctive_copy.py:runlocal", *override,
                 "--workdir=/tmp/rg_never_created")
   assert result.returncode == 1
@@ -48,39 +114,14 @@ def test_missing_experiment_file_is_named(override):
   assert not os.path.exists("/tmp/rg_never_created")
 
 
-def test_convert_help_keeps_the_usage_lines_and_lists_the_layouts():
-  result = _run("-m", "recurrentgemma_jax.convert", "--help")
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert re.search(r"python -m recurrentgemma_jax\.convert [^\n]*\\\n",
-                   result.stdout)
-  assert "--from: <official|hf|workdir>" in result.stdout
-  assert "--to: <official|hf>" in result.stdout
-
-
-def test_sample_help_shows_defaults_without_a_runpy_warning():
-  result = _run("-m", "recurrentgemma_jax.sample", "--help")
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "RuntimeWarning" not in result.stderr  # 'found in sys.modules'
-  text = " ".join(result.stdout.split())
-  assert "0 is greedy (argmax)" in text and "(default: 0.0)" in text
-  assert "(default: 64)" in text  # max_new_tokens
-
-
 def test_sample_rejects_bad_prompt_tokens_in_one_line():
-  result = _run("-m", "recurrentgemma_jax.sample", "--workdir=/nonexistent",
-                "--prompt_tokens=1,x")
-  assert result.returncode == 2
+  result = _run("-m", "recurrentgemma_jax", "sample",
+                "--workdir=/nonexistent", "--prompt_tokens=1,x")
+  assert result.returncode == 1
   assert "Traceback" not in result.stderr
-  assert ("argument --prompt_tokens: expected comma-separated integer token "
-          "ids, got '1,x'") in result.stderr
-
-
-def test_reproduce_run_help_shows_defaults():
-  result = _run("-m", "recurrentgemma_jax.reproduce", "run", "--help")
-  assert result.returncode == 0, result.stderr[-2000:]
-  text = " ".join(result.stdout.split())
-  assert "(default: runlocal)" in text and "(default: cpu)" in text
-  assert "runs sharing each device (default: 1)" in text
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: flag --prompt_tokens=1,x: expected comma-separated integer "
+      "token ids, got '1,x'")
 
 
 def test_skip_absent_tpu_respects_a_choice_and_a_tpu(monkeypatch):

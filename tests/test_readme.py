@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+from recurrentgemma_jax import cli
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -18,15 +20,14 @@ def test_readme_python_blocks_run():
 
 
 def _commands(text: str) -> list[list[str]]:
-  """The `python -m recurrentgemma_jax.*` commands of the bash blocks, as
-  argument lists (continuation lines joined)."""
+  """The `recurrentgemma VERB ...` commands of the bash blocks, as argument
+  lists from the verb on (continuation lines joined)."""
   commands = []
   for block in re.findall(r"```bash\n(.*?)```", text, re.S):
     for line in block.replace("\\\n", " ").splitlines():
       line = line.split("#")[0].split()
-      if line[:2] == ["python", "-m"] and line[2].startswith(
-          "recurrentgemma_jax."):
-        commands.append(line[2:])
+      if line[:1] == [cli.SCRIPT]:
+        commands.append(line[1:])
   return commands
 
 
@@ -43,8 +44,8 @@ def test_readme_commands_read_only_what_earlier_commands_write():
   made = []  # workdirs and output folders of the commands so far
   commands = _commands(text)
   assert len(commands) > 5
-  for module, *args in commands:
-    name = module.split(".")[1]
+  for name, *args in commands:
+    assert name in cli.COMMANDS, f"README runs an unknown verb: {name}"
     if name == "train" or (name == "reproduce" and args[0] == "run"):
       made.append(_flag(args, "workdir") or _flag(args, "outdir"))
       continue
@@ -58,4 +59,4 @@ def test_readme_commands_read_only_what_earlier_commands_write():
       used = [_flag(args, "workdir") or _flag(args, "outdir")]
     for path in used:
       assert any(path == m or path.startswith(m + "/") for m in made), (
-          f"{module} reads {path}, which no earlier README command writes")
+          f"{name} reads {path}, which no earlier README command writes")

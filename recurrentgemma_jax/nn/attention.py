@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recurrentgemma_jax.config import ATTENTION_IMPLS
-from recurrentgemma_jax.nn import params as P
 from recurrentgemma_jax.nn.linear import Dense
 
 MAX_WAVELENGTH = 10_000
@@ -150,6 +149,18 @@ def blocked_local_attention(
   return out.reshape(b, n * c, *out.shape[3:])[:, :t]
 
 
+def resolve_attention_impl(backend: str, device_count: int) -> str:
+  """The implementation `attention_impl="auto"` runs.
+
+  The flash kernel on a single GPU: it made the 8 x 2048 train step of
+  benchmarks/train_step.py 1.25x faster on an H200 (64.4 -> 51.7 ms,
+  docs/benchmarks.md). With more devices XLA would gather the kernel's
+  operands onto each one, so "xla" (the blocked einsum) stays the choice
+  there, and on TPU and CPU.
+  """
+  return "pallas_gpu" if backend == "gpu" and device_count == 1 else "xla"
+
+
 def local_attention(
     q: jax.Array,
     k: jax.Array,
@@ -160,13 +171,14 @@ def local_attention(
 ) -> jax.Array:
   """`blocked_local_attention`'s math by implementation `impl`.
 
-  "xla" and "auto" run `blocked_local_attention`; "pallas_gpu" the flash
-  kernel of `pallas_kernels.gpu_local_attention` (interpret mode off the
-  GPU, for tests; on one device: under a multi-device mesh XLA gathers its
-  operands). "auto" stays "xla" until the kernel is timed on a GPU
-  (docs/benchmarks.md, "Where our step's time goes").
+  "xla" runs `blocked_local_attention`; "pallas_gpu" the flash kernel of
+  `pallas_kernels.gpu_local_attention` (interpret mode off the GPU, for
+  tests; on one device: under a multi-device mesh XLA gathers its
+  operands); "auto" picks by `resolve_attention_impl`.
   """
-  if impl in ("auto", "xla"):
+  if impl == "auto":
+    impl = resolve_attention_impl(jax.default_backend(), jax.device_count())
+  if impl == "xla":
     return blocked_local_attention(q, k, v, doc_ids, window)
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got "

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 
 
 class ConvState(NamedTuple):
@@ -41,11 +41,12 @@ class Conv1D(nnx.Module):
   ):
     self.temporal_width = temporal_width
     self.dtype = dtype
-    self.w = P.param(
-        rngs, P.normal((0.01 / temporal_width) ** 0.5),
+    self.w = params_lib.param(
+        rngs, params_lib.normal((0.01 / temporal_width) ** 0.5),
         (temporal_width, width), ("conv", "rnn"), param_dtype,
     )
-    self.b = P.param(rngs, P.zeros(), (width,), ("rnn",), param_dtype)
+    self.b = params_lib.param(rngs, params_lib.zeros(), (width,), ("rnn",),
+                              param_dtype)
 
   def init_state(self, batch_size: int, dtype: jnp.dtype) -> ConvState:
     width = self.w.shape[1]
@@ -66,7 +67,7 @@ class Conv1D(nnx.Module):
     With `state`, the chunk continues the sequence the state was built from.
     Returns the output `[B, T, E]` and the state after the chunk.
     """
-    x = P.cast(x, self.dtype)
+    x = params_lib.cast(x, self.dtype)
     b, t, _ = x.shape
     if state is None:
       state = self.init_state(b, x.dtype)
@@ -74,8 +75,8 @@ class Conv1D(nnx.Module):
     # Extended sequence: W-1 remembered inputs, then the chunk.
     x_ext = jnp.concatenate([state.x.astype(x.dtype), x], axis=1)
     starts_ext = jnp.concatenate([state.starts, doc_start], axis=1)
-    w = P.cast(self.w, self.dtype)
-    out = jnp.broadcast_to(P.cast(self.b, self.dtype), x.shape)
+    w = params_lib.cast(self.w, self.dtype)
+    out = jnp.broadcast_to(params_lib.cast(self.b, self.dtype), x.shape)
     # `visible` is True while no document start lies in (t - shift, t].
     visible = jnp.ones((b, t), bool)
     for shift in range(width):

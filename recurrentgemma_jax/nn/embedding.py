@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 
 
 class Embedder(nnx.Module):
@@ -25,8 +25,8 @@ class Embedder(nnx.Module):
     self.width = width
     self.scale_by_sqrt_dim = scale_by_sqrt_dim
     self.dtype = dtype
-    self.input_embedding = P.param(
-        rngs, P.normal(width ** -0.5), (vocab_size, width),
+    self.input_embedding = params_lib.param(
+        rngs, params_lib.normal(width ** -0.5), (vocab_size, width),
         ("vocab", "embed"), param_dtype,
     )
 
@@ -37,7 +37,8 @@ class Embedder(nnx.Module):
     NaN and a negative id wraps around (`Griffin.__call__` checks concrete
     ids).
     """
-    x = P.cast(jnp.take(self.input_embedding[...], tokens, axis=0), self.dtype)
+    x = params_lib.cast(jnp.take(self.input_embedding[...], tokens, axis=0),
+                        self.dtype)
     if self.scale_by_sqrt_dim:
       # The released checkpoints were trained with sqrt(D) rounded to bf16
       # (sqrt(2560) = 50.596 is applied as 50.5).
@@ -46,5 +47,5 @@ class Embedder(nnx.Module):
 
   def decode(self, x: jax.Array) -> jax.Array:
     """`[B, T, D]` -> `[B, T, V]` logits."""
-    x = P.cast(x, self.dtype)
-    return jnp.dot(x, P.cast(self.input_embedding, self.dtype).T)
+    x = params_lib.cast(x, self.dtype)
+    return jnp.dot(x, params_lib.cast(self.input_embedding, self.dtype).T)

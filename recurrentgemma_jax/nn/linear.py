@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 
 
 class Dense(nnx.Module):
@@ -20,7 +20,7 @@ class Dense(nnx.Module):
       in_features: int,
       out_features: int,
       *,
-      axes: P.Axes,
+      axes: params_lib.Axes,
       use_bias: bool = True,
       scale: float = 1.0,
       dtype: jnp.dtype = jnp.float32,
@@ -28,12 +28,13 @@ class Dense(nnx.Module):
       rngs: nnx.Rngs,
   ):
     self.dtype = dtype
-    self.kernel = P.param(
-        rngs, P.normal((scale / in_features) ** 0.5),
+    self.kernel = params_lib.param(
+        rngs, params_lib.normal((scale / in_features) ** 0.5),
         (in_features, out_features), axes, param_dtype,
     )
     self.bias = (
-        P.param(rngs, P.zeros(), (out_features,), (axes[1],), param_dtype)
+        params_lib.param(rngs, params_lib.zeros(), (out_features,),
+                         (axes[1],), param_dtype)
         if use_bias else None
     )
     # A low-rank adapter (`nn/lora.py`, attached by `add_lora`), or None.
@@ -41,14 +42,14 @@ class Dense(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., in] -> [..., out]` in the compute dtype."""
-    x = P.cast(x, self.dtype)
-    kernel = P.cast(self.kernel, self.dtype)
+    x = params_lib.cast(x, self.dtype)
+    kernel = params_lib.cast(self.kernel, self.dtype)
     if self.lora is None:
       y = jnp.dot(x, kernel)
     else:  # x @ kernel plus the low-rank update
       y = self.lora.project(x, kernel, jnp.dot)
     if self.bias is not None:
-      y = y + P.cast(self.bias, self.dtype)
+      y = y + params_lib.cast(self.bias, self.dtype)
     return y
 
 
@@ -72,18 +73,19 @@ class BlockDiagonalLinear(nnx.Module):
     block = width // num_blocks
     self.num_blocks = num_blocks
     self.dtype = dtype
-    self.w = P.param(
-        rngs, P.normal(block ** -0.5), (num_blocks, block, block),
+    self.w = params_lib.param(
+        rngs, params_lib.normal(block ** -0.5), (num_blocks, block, block),
         ("rnn_heads", None, None), param_dtype,
     )
-    self.b = P.param(
-        rngs, P.zeros(), (num_blocks, block), ("rnn_heads", None), param_dtype
+    self.b = params_lib.param(
+        rngs, params_lib.zeros(), (num_blocks, block), ("rnn_heads", None),
+        param_dtype,
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., D] -> [..., D]`."""
-    x = P.cast(x, self.dtype)
+    x = params_lib.cast(x, self.dtype)
     x = x.reshape(*x.shape[:-1], self.num_blocks, -1)
-    y = jnp.einsum("...hi,hij->...hj", x, P.cast(self.w, self.dtype))
-    y = y + P.cast(self.b, self.dtype)
+    y = jnp.einsum("...hi,hij->...hj", x, params_lib.cast(self.w, self.dtype))
+    y = y + params_lib.cast(self.b, self.dtype)
     return y.reshape(*y.shape[:-2], -1)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recurrentgemma_jax.config import ConfigError
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 from recurrentgemma_jax.nn.linear import Dense
 from recurrentgemma_jax.nn.mlp import MLPBlock
 
@@ -151,7 +151,7 @@ class LoRA(nnx.Module):
     axes = tuple(weight.get_metadata().get("out_sharding") or
                  (None,) * weight.ndim)
     *lead_axes, in_axis, out_axis = axes
-    a = P.normal(d_in**-0.5)(rngs.params(), (*lead, d_in, config.rank),
+    a = params_lib.normal(d_in**-0.5)(rngs.params(), (*lead, d_in, config.rank),
                              param_dtype)
     b = jnp.zeros((*lead, config.rank, d_out), param_dtype)
     self.lora_a = nnx.LoRAParam(a, out_sharding=(*lead_axes, in_axis,
@@ -169,8 +169,8 @@ class LoRA(nnx.Module):
 
   def delta(self) -> jax.Array:
     """`lora_a @ lora_b * scale` in float32, the weight's shape."""
-    a = P.cast(self.lora_a, jnp.float32)
-    b = P.cast(self.lora_b, jnp.float32)
+    a = params_lib.cast(self.lora_a, jnp.float32)
+    b = params_lib.cast(self.lora_b, jnp.float32)
     spec = "cir,cro->cio" if self.stacked else "ir,ro->io"
     return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST) * (
         self.scale)
@@ -190,8 +190,8 @@ class LoRA(nnx.Module):
     `b` is zero.
     """
     spec = "c...i,cio->c...o" if self.stacked else "...i,io->...o"
-    a = P.cast(self.lora_a, self.dtype)
-    b = P.cast(self.lora_b, self.dtype)
+    a = params_lib.cast(self.lora_a, self.dtype)
+    b = params_lib.cast(self.lora_b, self.dtype)
     h = jnp.einsum(spec, _dropout(x, self.dropout, self.index), a)
     h = h * jnp.asarray(self.scale, self.dtype)
     if self.fused:
@@ -309,7 +309,7 @@ def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs
       or the model has adapters already.
   """
   found = _matching(model, config.targets)
-  param_dtype = model.config.parameter_dtype
+  param_dtype = jnp.dtype(model.config.param_dtype)
   fused = model.config.remat in FUSED_REMAT
   for index, p in enumerate(found):
     if getattr(p.owner, p.slot) is not None:

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax import sharding
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import logical
+from recurrentgemma_jax.nn import params as params_lib
+from recurrentgemma_jax.nn import quantized
 from recurrentgemma_jax.nn.linear import Dense
 
 
@@ -32,10 +33,12 @@ class MLPBlock(nnx.Module):
   ):
     self.dtype = dtype
     self.ffw_up = nnx.Dict(
-        w=P.param(rngs, P.normal(width**-0.5), (2, width, expanded_width),
-                  (None, "embed", "mlp"), param_dtype),
-        b=P.param(rngs, P.zeros(), (2, 1, 1, expanded_width),
-                  (None, None, None, "mlp"), param_dtype),
+        w=params_lib.param(rngs, params_lib.normal(width**-0.5),
+                           (2, width, expanded_width),
+                           (None, "embed", "mlp"), param_dtype),
+        b=params_lib.param(rngs, params_lib.zeros(),
+                           (2, 1, 1, expanded_width),
+                           (None, None, None, "mlp"), param_dtype),
     )
     self.ffw_down = Dense(
         expanded_width, width, axes=("mlp", "embed"), scale=final_scale,
@@ -46,9 +49,9 @@ class MLPBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[B, T, D] -> [B, T, D]`."""
-    x = P.cast(x, self.dtype)
-    w = P.cast(self.ffw_up["w"], self.dtype)
-    b = P.cast(self.ffw_up["b"], self.dtype)
+    x = params_lib.cast(x, self.dtype)
+    w = params_lib.cast(self.ffw_up["w"], self.dtype)
+    b = params_lib.cast(self.ffw_up["b"], self.dtype)
     # The weight's leading axis is a batch axis of the einsum: written as
     # "btd,cdf->cbtf" (or as two matmuls), XLA transposes the [2, D, F]
     # weight on every call, which cost 22% of a RecurrentGemma-2B decode
@@ -58,12 +61,17 @@ class MLPBlock(nnx.Module):
     # elsewhere): otherwise XLA:TPU computes w's fsdp-split gradient from
     # `xb` and `up` gathered over the whole global batch (RecurrentGemma-9B
     # on v5p-128: 6 GiB per block, docs/tpu.md).
-    xb = sharding.constrain(xb, sharding.MLP_IN_AXES)
-    if self.ffw_up_lora is None:
+    xb = logical.constrain(xb, logical.MLP_IN_AXES)
+    if "scale" in self.ffw_up:  # int8 `w` (`nn/quantized.py`)
+      if self.ffw_up_lora is not None:
+        raise ValueError("LoRA adapters on int8 weights are not supported")
+      up = quantized.scaled_einsum("cbtd,cdf->cbtf", xb, w,
+                                   self.ffw_up["scale"]) + b
+    elif self.ffw_up_lora is None:
       up = jnp.einsum("cbtd,cdf->cbtf", xb, w) + b
     else:  # the same einsum plus the low-rank update
       up = self.ffw_up_lora.project(
           xb, w, functools.partial(jnp.einsum, "cbtd,cdf->cbtf")) + b
-    up = sharding.constrain(up, sharding.MLP_UP_AXES)
+    up = logical.constrain(up, logical.MLP_UP_AXES)
     gate, value = up[0], up[1]
     return self.ffw_down(jax.nn.gelu(gate, approximate=True) * value)

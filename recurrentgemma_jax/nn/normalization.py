@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 
 
 class RMSNorm(nnx.Module):
@@ -23,11 +23,12 @@ class RMSNorm(nnx.Module):
   ):
     self.eps = eps
     self.dtype = dtype
-    self.scale = P.param(rngs, P.zeros(), (width,), ("norm",), param_dtype)
+    self.scale = params_lib.param(rngs, params_lib.zeros(), (width,),
+                                  ("norm",), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., D] -> [..., D]` in the compute dtype."""
-    x = P.cast(x, self.dtype)
+    x = params_lib.cast(x, self.dtype)
     var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     normed = x * jax.lax.rsqrt(var + self.eps)
-    return normed * (1 + P.cast(self.scale, self.dtype))
+    return normed * (1 + params_lib.cast(self.scale, self.dtype))

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.nn import logical
 from recurrentgemma_jax.nn.attention import AttentionCache
 from recurrentgemma_jax.nn.attention import LocalAttentionBlock
 from recurrentgemma_jax.nn.mlp import MLPBlock
@@ -30,13 +30,13 @@ class ResidualBlock(nnx.Module):
       self, config: GriffinConfig, block_type: BlockType, *, rngs: nnx.Rngs
   ):
     self.block_type = block_type
-    kw = dict(dtype=config.compute_dtype, param_dtype=config.parameter_dtype,
-              rngs=rngs)
+    kw = dict(dtype=jnp.dtype(config.dtype),
+              param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
     final_scale = 2.0 / config.num_layers
     self.temporal_pre_norm = RMSNorm(config.width, **kw)
     if block_type == BlockType.RECURRENT:
       self.recurrent_block = RecurrentBlock(
-          config.width, config.lru_width_resolved, config.lru_heads,
+          config.width, config.lru_width, config.lru_num_heads,
           conv_width=config.conv1d_temporal_width, final_scale=final_scale,
           scan_impl=config.scan_impl, fused=config.fused_rg_lru, **kw,
       )
@@ -71,7 +71,7 @@ class ResidualBlock(nnx.Module):
     The residual stream (`x`, `h`, the output) is pinned batch-sharded with
     its width whole under `sharding.model_sharding` (a no-op elsewhere).
     """
-    x = sharding.constrain(x, sharding.RESIDUAL_AXES)
+    x = logical.constrain(x, logical.RESIDUAL_AXES)
     normed = self.temporal_pre_norm(x)
     if self.block_type == BlockType.RECURRENT:
       mixed, cache = self.recurrent_block(normed, segment_pos, cache,
@@ -79,6 +79,6 @@ class ResidualBlock(nnx.Module):
     else:
       mixed, cache = self.attention_block(normed, segment_pos, positions,
                                           doc_ids, cache, return_cache)
-    h = sharding.constrain(x + mixed, sharding.RESIDUAL_AXES)
+    h = logical.constrain(x + mixed, logical.RESIDUAL_AXES)
     out = h + self.mlp_block(self.channel_pre_norm(h))
-    return sharding.constrain(out, sharding.RESIDUAL_AXES), cache
+    return logical.constrain(out, logical.RESIDUAL_AXES), cache

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 import pallas_kernels
-from recurrentgemma_jax.nn import params as P
+from recurrentgemma_jax.nn import params as params_lib
 from recurrentgemma_jax.nn.linear import BlockDiagonalLinear
+
+if TYPE_CHECKING:  # shape annotations only: no runtime dependency
+  from jaxtyping import Array, Bool, Float, Float32  # pylint: disable=g-import-not-at-top
 
 MIN_RADIUS = 0.9
 MAX_RADIUS = 0.999
@@ -48,7 +53,8 @@ class RGLRU(nnx.Module):
     self.scan_impl = scan_impl
     self.fused = fused
     self.dtype = dtype
-    self.a_param = P.param(rngs, lambda_init, (width,), ("rnn",), param_dtype)
+    self.a_param = params_lib.param(rngs, lambda_init, (width,), ("rnn",),
+                                    param_dtype)
     self.input_gate = BlockDiagonalLinear(
         width, num_heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
@@ -58,12 +64,14 @@ class RGLRU(nnx.Module):
 
   def __call__(
       self,
-      x: jax.Array,
-      doc_start: jax.Array,
-      h0: jax.Array | None = None,
-  ) -> tuple[jax.Array, jax.Array]:
-    """`x [B, T, E]`, `doc_start [B, T]` -> `(y [B, T, E], h_last [B, E] f32)`."""
-    x = P.cast(x, self.dtype)
+      x: Float[Array, "B T E"],
+      doc_start: Bool[Array, "B T"],
+      h0: Float32[Array, "B E"] | None = None,
+  ) -> tuple[Float[Array, "B T E"], Float32[Array, "B E"]]:
+    """`x [B, T, E]`, `doc_start [B, T]` (True at a document's first token),
+    `h0 [B, E]` float32 (the state before the chunk; None: zeros) ->
+    `(y [B, T, E], h_last [B, E] float32)`."""
+    x = params_lib.cast(x, self.dtype)
     return pallas_kernels.rg_lru(
         x,
         self.input_gate(x),

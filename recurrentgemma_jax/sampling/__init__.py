@@ -11,6 +11,7 @@ from recurrentgemma_jax.sampling.logits import SamplingParams
 from recurrentgemma_jax.sampling.sampler import Conversation
 from recurrentgemma_jax.sampling.sampler import Sampler
 from recurrentgemma_jax.sampling.sampler import SamplerOutput
+from recurrentgemma_jax.sampling.sampler import Stream
 from recurrentgemma_jax.sampling.sampler import StreamStep
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "Sampler",
     "SamplerOutput",
     "SamplingParams",
+    "Stream",
     "StreamStep",
 ]

@@ -16,8 +16,9 @@ every `sync_every` tokens instead of every token.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,16 @@ from flax import nnx
 from recurrentgemma_jax.model import GriffinCache
 from recurrentgemma_jax.sampling import logits as logits_lib
 from recurrentgemma_jax.sampling import stopping
+
+if TYPE_CHECKING:  # shape annotations only: no runtime dependency
+  from jaxtyping import Array, Bool, Float, Int  # pylint: disable=g-import-not-at-top
+
+  PerRow = Int[Array, "B"]
+  RowFlags = Bool[Array, "B"]
+  NextLogits = Float[Array, "B V"]
+  Generated = Int[Array, "B N"]
+  GeneratedLogprobs = Float[Array, "B N"]
+  GeneratedLogits = Float[Array, "B N V"]
 
 
 class DecodeState(NamedTuple):
@@ -39,8 +50,8 @@ class DecodeState(NamedTuple):
   """
 
   cache: GriffinCache
-  logits: jax.Array
-  segment_pos: jax.Array
+  logits: NextLogits
+  segment_pos: PerRow
 
   @property
   def batch_size(self) -> int:
@@ -66,11 +77,11 @@ class DecodeOutput(NamedTuple):
   """
 
   state: DecodeState
-  tokens: jax.Array
-  lengths: jax.Array
-  stopped: jax.Array
-  logprobs: jax.Array | None
-  logits: jax.Array | None
+  tokens: Generated
+  lengths: PerRow
+  stopped: RowFlags
+  logprobs: GeneratedLogprobs | None
+  logits: GeneratedLogits | None
 
 
 def _where_rows(mask: jax.Array, new: Any, old: Any) -> Any:
@@ -187,28 +198,90 @@ class _Carry(NamedTuple):
   logits: jax.Array | None  # [B, N, V]
 
 
+class DecodeInputs(NamedTuple):
+  """The traced inputs of one decode-loop call (new values do not
+  recompile).
+
+  Attributes:
+    num_steps: `[]` int32, at most `DecodeOptions.capacity`: tokens to
+      generate per row.
+    row_keys: `[B]` PRNG keys (unused when greedy); step s of this call uses
+      `fold_in(key, step_offset + s)`.
+    step_offset: `[]` int32 (see `row_keys`; streaming passes its position).
+    temperature: `[]` float32 (unused when greedy).
+    top_p: `[]` float32 (used when `DecodeOptions.sampling.top_p`).
+    stop_ids: `[S]` int32 stop tokens, from `stopping.device_arrays`.
+    stop_sequences: `[M, L]` int32 stop sequences, from
+      `stopping.device_arrays`.
+    finished: `[B]` bool, rows that have already ended (they generate
+      nothing).
+  """
+
+  num_steps: jax.Array
+  row_keys: jax.Array
+  step_offset: jax.Array
+  temperature: jax.Array
+  top_p: jax.Array
+  stop_ids: jax.Array
+  stop_sequences: jax.Array
+  finished: jax.Array
+
+  @classmethod
+  def create(
+      cls,
+      num_steps: int,
+      row_keys: jax.Array,
+      criteria: stopping.StopCriteria,
+      *,
+      finished: Any = None,
+      step_offset: int = 0,
+      temperature: float = 1.0,
+      top_p: float = 1.0,
+  ) -> DecodeInputs:
+    """The inputs for `row_keys [B]` rows (`finished`: none by default)."""
+    ids, seqs = stopping.device_arrays(criteria)
+    if finished is None:
+      finished = jnp.zeros(row_keys.shape[:1], bool)
+    return cls(
+        num_steps=jnp.int32(num_steps), row_keys=row_keys,
+        step_offset=jnp.int32(step_offset),
+        temperature=jnp.float32(temperature), top_p=jnp.float32(top_p),
+        stop_ids=jnp.asarray(ids), stop_sequences=jnp.asarray(seqs),
+        finished=jnp.asarray(finished))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """The static options of the decode loop (each value compiles once).
+
+  Attributes:
+    capacity: size N of the output buffers.
+    sampling: the sampling choices (greedy, top_k, top-p on).
+    pad_id: written after a row's end.
+    return_logprobs, return_logits: also record those.
+    freeze_finished: keep a finished row's state exactly as it was after its
+      last token (costs a select over the cache per step); needed only when
+      the state is used afterwards.
+    sync_every: steps per device-side block between loop-condition checks.
+  """
+
+  capacity: int
+  sampling: logits_lib.SamplingMode
+  pad_id: int = 0
+  return_logprobs: bool = False
+  return_logits: bool = False
+  freeze_finished: bool = False
+  sync_every: int = 8
+
+
 def decode(
     graphdef: nnx.GraphDef,
     params: Any,
     state: DecodeState,
-    num_steps: jax.Array,
-    row_keys: jax.Array,
-    step_offset: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    stop_ids: jax.Array,
-    stop_sequences: jax.Array,
-    finished: jax.Array,
-    *,
-    capacity: int,
-    sampling: logits_lib.SamplingMode,
-    pad_id: int = 0,
-    return_logprobs: bool = False,
-    return_logits: bool = False,
-    freeze_finished: bool = False,
-    sync_every: int = 8,
+    inputs: DecodeInputs,
+    options: DecodeOptions,
 ) -> DecodeOutput:
-  """Generates up to `num_steps` tokens per row on the device.
+  """Generates up to `inputs.num_steps` tokens per row on the device.
 
   Each step samples a token from `state.logits`, records it, and feeds it to
   the model. A row ends after sampling a stop token (or completing a stop
@@ -217,39 +290,29 @@ def decode(
   Args:
     graphdef, params: the model.
     state: where the rows stand (its buffers may be donated).
-    num_steps: `[]` int32, at most `capacity`: tokens to generate per row.
-    row_keys: `[B]` PRNG keys (unused when greedy); step s of this call
-      uses `fold_in(key, step_offset + s)`.
-    step_offset: `[]` int32 (see `row_keys`; streaming passes its position).
-    temperature, top_p: `[]` float32 traced sampling parameters.
-    stop_ids, stop_sequences: from `stopping.device_arrays`.
-    finished: `[B]` bool, rows that have already ended (they generate
-      nothing).
-    capacity: static size N of the output buffers.
-    sampling: static sampling choices (greedy, top_k, top-p on).
-    pad_id: written after a row's end.
-    return_logprobs, return_logits: also record those.
-    freeze_finished: keep a finished row's state exactly as it was after its
-      last token (costs a select over the cache per step); needed only when
-      the state is used afterwards.
-    sync_every: steps per device-side block between loop-condition checks.
+    inputs: the traced inputs (steps, keys, sampling values, stop criteria,
+      finished rows).
+    options: the static options.
 
   Returns:
     `DecodeOutput`.
   """
   model = _merge(graphdef, params)
   b = state.segment_pos.shape[0]
+  capacity, sampling, pad_id = (options.capacity, options.sampling,
+                                options.pad_id)
+  stop_sequences = inputs.stop_sequences
   seq_len = stop_sequences.shape[1] if stop_sequences.shape[0] else 0
 
   def one_step(carry: _Carry) -> _Carry:
     st = carry.state
-    active = ~carry.done & (carry.step < num_steps)
+    active = ~carry.done & (carry.step < inputs.num_steps)
     keys = None
     if not sampling.greedy:
       keys = jax.vmap(jax.random.fold_in, (0, None))(
-          row_keys, step_offset + carry.step)
+          inputs.row_keys, inputs.step_offset + carry.step)
     token = logits_lib.sample_tokens(st.logits, keys, sampling,
-                                     temperature, top_p)
+                                     inputs.temperature, inputs.top_p)
     token = jnp.where(active, token, pad_id)
     col = jnp.minimum(carry.step, capacity - 1)
 
@@ -270,13 +333,14 @@ def decode(
     if recent is not None:
       shifted = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
       recent = jnp.where(active[:, None], shifted, recent)
-    stop = active & stopping.is_stop(token, recent, stop_ids, stop_sequences)
+    stop = active & stopping.is_stop(token, recent, inputs.stop_ids,
+                                     stop_sequences)
 
     logits, cache = model(token[:, None], st.segment_pos[:, None], st.cache,
                           return_cache=True)
     new = DecodeState(cache=cache, logits=logits[:, 0],
                       segment_pos=st.segment_pos + 1)
-    if freeze_finished:
+    if options.freeze_finished:
       new = _where_rows(active, new, st)
     return _Carry(
         state=new,
@@ -291,24 +355,25 @@ def decode(
     )
 
   def block(carry: _Carry) -> _Carry:
-    return jax.lax.fori_loop(0, sync_every, lambda _, c: one_step(c), carry)
+    return jax.lax.fori_loop(0, options.sync_every,
+                             lambda _, c: one_step(c), carry)
 
   def running(carry: _Carry) -> jax.Array:
-    return (carry.step < num_steps) & jnp.any(~carry.done)
+    return (carry.step < inputs.num_steps) & jnp.any(~carry.done)
 
   vocab = state.logits.shape[-1]
   carry = _Carry(
       state=state,
       step=jnp.zeros((), jnp.int32),
-      done=finished,
+      done=inputs.finished,
       stopped=jnp.zeros((b,), bool),
       lengths=jnp.zeros((b,), jnp.int32),
       tokens=jnp.full((b, capacity), pad_id, jnp.int32),
       recent=(jnp.full((b, seq_len), -1, jnp.int32) if seq_len else None),
       logprobs=(jnp.zeros((b, capacity), jnp.float32)
-                if return_logprobs else None),
+                if options.return_logprobs else None),
       logits=(jnp.zeros((b, capacity, vocab), jnp.float32)
-              if return_logits else None),
+              if options.return_logits else None),
   )
   carry = jax.lax.while_loop(running, block, carry)
   return DecodeOutput(
@@ -322,10 +387,10 @@ def decode(
 
 
 def jit_decode(graphdef: nnx.GraphDef, *, donate: bool):
-  """`decode` jitted for one model, with the static options as keywords."""
+  """`decode` jitted for one model: `fn(params, state, inputs, options)`,
+  with `options` static."""
   return jax.jit(
       functools.partial(decode, graphdef),
-      static_argnames=("capacity", "sampling", "pad_id", "return_logprobs",
-                       "return_logits", "freeze_finished", "sync_every"),
+      static_argnames=("options",),
       donate_argnames=("state",) if donate else (),
   )

@@ -35,8 +35,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,11 +46,20 @@ from flax import nnx
 from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.model import Griffin
 from recurrentgemma_jax.sampling import decode as decode_lib
+from recurrentgemma_jax.sampling import quantize as quantize_lib
 from recurrentgemma_jax.sampling import stopping
 from recurrentgemma_jax.sampling.decode import DecodeState
 from recurrentgemma_jax.sampling.logits import SamplingParams
 
-Prompt = str | Sequence[int]
+if TYPE_CHECKING:  # shape annotations only: no runtime dependency
+  from jaxtyping import Float, Int, Key  # pylint: disable=g-import-not-at-top
+
+  # One prompt: text, or token ids (a list or a `[T]` integer array).
+  Prompt = str | Sequence[int] | Int[np.ndarray, "T"]
+  IdRows = Sequence[Sequence[int]] | Int[np.ndarray, "B T"]
+  RowKeys = Key[jax.Array, "B"]
+  TokenLogprobs = Float[np.ndarray, "n"]  # one row's n returned tokens
+  TokenLogits = Float[np.ndarray, "n V"]
 
 
 @dataclasses.dataclass
@@ -78,8 +87,8 @@ class SamplerOutput:
   text: list[str] | None
   tokens: list[list[int]]
   finish_reasons: list[str]
-  logprobs: list[np.ndarray] | None = None
-  logits: list[np.ndarray] | None = None
+  logprobs: list[TokenLogprobs] | None = None
+  logits: list[TokenLogits] | None = None
   state: DecodeState | None = None
   prompt_tokens: list[list[int]] | None = None
   consumed: list[list[int]] | None = None
@@ -99,6 +108,74 @@ class StreamStep:
   tokens: list[int | None]
   text: list[str]
   finished: list[bool]
+
+
+class Stream(Iterator[StreamStep]):
+  """What `Sampler.stream` returns: an iterator of `StreamStep`s that
+  keeps the final state.
+
+      stream = sampler.stream(prompts, 32)
+      for step in stream:
+        print(step.text[0], end="")
+      more = sampler.generate(next_prompts, 8, state=stream.state)
+
+  Attributes:
+    state: the `DecodeState` after every generated token (stop tokens
+      included), to continue with `generate(..., state=)`; None until the
+      iterator has ended.
+  """
+
+  def __init__(self, steps: Generator[StreamStep, None, DecodeState]):
+    self._steps = steps
+    self.state: DecodeState | None = None
+
+  def __iter__(self) -> Stream:
+    return self
+
+  def __next__(self) -> StreamStep:
+    try:
+      return next(self._steps)
+    except StopIteration as end:
+      if self.state is None:  # (a spent generator returns None again)
+        self.state = end.value
+      raise
+
+
+class _Start(NamedTuple):
+  """How a `generate` or `stream` call starts.
+
+  Attributes:
+    rows: each row's prompt tokens (BOS included).
+    state: the state after the prompts.
+    max_new_tokens: tokens to generate per row (checked).
+    sampling: the sampling parameters (checked).
+    criteria: the resolved stop conditions.
+    row_keys: `[B]` PRNG keys, one per row.
+  """
+
+  rows: list[list[int]]
+  state: DecodeState
+  max_new_tokens: int
+  sampling: SamplingParams
+  criteria: stopping.StopCriteria
+  row_keys: RowKeys
+
+
+class _RowEnd(NamedTuple):
+  """Where one row's generated tokens end (`Sampler._row_end`).
+
+  Attributes:
+    keep: tokens to return (before the stop token or stop string).
+    consumed: tokens a continued state must hold (through the stop).
+    text: the kept tokens' text, cut before a stop string; None without a
+      tokenizer.
+    stopped: a stop token or stop string ended the row.
+  """
+
+  keep: int
+  consumed: int
+  text: str | None
+  stopped: bool
 
 
 class _Tokenizer:
@@ -217,6 +294,9 @@ class Sampler:
     max_chunk: the longest chunk fed in one call when continuing a state.
     cache_length: attention cache length for global-attention models
       (default: prompt + generation of each call, rounded up).
+    quantize: "int8" samples with int8 weights and per-channel scales,
+      quantized once from the model's (`sampling/quantize.py`; about half
+      the weight bytes of bfloat16); None samples the model as it is.
   """
 
   def __init__(
@@ -230,7 +310,9 @@ class Sampler:
       decode_scan_impl: str | None = "associative",
       max_chunk: int = 1024,
       cache_length: int | None = None,
+      quantize: str | None = None,
   ):
+    quantize_lib.check_quantization("quantize", quantize)
     if isinstance(tokenizer, str):
       from recurrentgemma_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
 
@@ -255,12 +337,14 @@ class Sampler:
     self.cache_length = cache_length
     self._global_attention = (self.config.has_attention and
                               self.config.attention_window_size is None)
-    self.graphdef, self.params = nnx.split(model)
+    if quantize == "int8" and quantize_lib.quantization_of(model) is None:
+      self.model = quantize_lib.quantize_int8(model)
+    self.graphdef, self.params = nnx.split(self.model)
     self.decode_graphdef = self.graphdef
     if decode_scan_impl and decode_scan_impl != self.config.scan_impl:
       decode_config = self.config.replace(scan_impl=decode_scan_impl)
-      abstract = nnx.eval_shape(lambda: Griffin(decode_config,
-                                                rngs=nnx.Rngs(0)))
+      abstract = quantize_lib.abstract_model(
+          decode_config, quantize_lib.quantization_of(self.model))
       self.decode_graphdef = nnx.split(abstract)[0]
     (self._prefill, self._extend, self._extend_ragged,
      self._decode) = _jitted(self.graphdef, self.decode_graphdef)
@@ -340,8 +424,7 @@ class Sampler:
 
   # State building ------------------------------------------------------------
 
-  def prefill(self, rows: Sequence[Sequence[int]],
-              max_new_tokens: int = 0) -> DecodeState:
+  def prefill(self, rows: IdRows, max_new_tokens: int = 0) -> DecodeState:
     """The state after prompts `rows` (token ids), in one forward pass.
 
     Rows are left-padded to a common length (a multiple of 32); the
@@ -371,8 +454,7 @@ class Sampler:
                         np.array([len(r) for r in rows]) + max_new_tokens)
     return self._prefill(self.params, tokens, seg, cache_length=cache_length)
 
-  def extend(self, state: DecodeState,
-             rows: Sequence[Sequence[int]]) -> DecodeState:
+  def extend(self, state: DecodeState, rows: IdRows) -> DecodeState:
     """Feeds `rows[b]` (any lengths, possibly empty) after row b of `state`.
 
     The tokens every row has are fed as chunks (one model call each, sizes
@@ -464,6 +546,60 @@ class Sampler:
     Returns:
       `SamplerOutput`.
     """
+    start = self._start(prompts, max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, stop=stop,
+                        stop_at_eos=stop_at_eos, seed=seed, state=state,
+                        chat=chat)
+    b = len(start.rows)
+    out = self._run_decode(
+        start, start.state, start.max_new_tokens,
+        capacity=_next_power_of_two(max(start.max_new_tokens, 1)),
+        step_offset=0, finished=np.zeros((b,), bool),
+        return_logprobs=return_logprobs, return_logits=return_logits,
+        keep_state=return_state,
+        # The start state's buffers are reused unless the caller owns them
+        # (`state` continued with no new tokens) or a replay may need them
+        # (a stop string found only in the text, see below).
+        donate=start.state is not state and not (return_state and
+                                                 start.criteria.strings),
+    )
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    stopped = np.asarray(out.stopped)
+    logprobs = None if out.logprobs is None else np.asarray(out.logprobs)
+    logits = None if out.logits is None else np.asarray(out.logits)
+
+    result = SamplerOutput(text=[] if self.tokenizer else None, tokens=[],
+                           finish_reasons=[], prompt_tokens=start.rows,
+                           logprobs=[] if logprobs is not None else None,
+                           logits=[] if logits is not None else None)
+    replay = []  # tokens each row must have consumed, when a text stop cut it
+    for i in range(b):
+      gen = tokens[i, :lengths[i]].tolist()
+      end = self._row_end(gen, bool(stopped[i]), start.criteria)
+      if result.text is not None:
+        result.text.append(end.text)
+      replay.append(gen[:end.consumed])
+      result.tokens.append(gen[:end.keep])
+      result.finish_reasons.append("stop" if end.stopped else "length")
+      if logprobs is not None:
+        result.logprobs.append(logprobs[i, :end.keep])
+      if logits is not None:
+        result.logits.append(logits[i, :end.keep])
+    if return_state:
+      result.consumed = replay
+      if any(len(r) < n for r, n in zip(replay, lengths)):
+        # A stop string ended a row in its text but not as the tokens the
+        # device looked for: rebuild the state from before the generation
+        # with exactly the tokens through the stop string.
+        result.state = self.extend(start.state, replay)
+      else:
+        result.state = out.state
+    return result
+
+  def _start(self, prompts, max_new_tokens, *, temperature, top_k, top_p,
+             stop, stop_at_eos, seed, state, chat) -> _Start:
+    """Checks a `generate` / `stream` call and runs its prompts."""
     sampling = SamplingParams(temperature, top_k, top_p)
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
     if chat:
@@ -478,68 +614,32 @@ class Sampler:
     criteria = stopping.resolve(
         stop, encode=self.tokenizer.encode if self.tokenizer else None,
         eos_id=self.eos_id, stop_at_eos=stop_at_eos)
-    b = len(rows)
-    capacity = _next_power_of_two(max(max_new_tokens, 1))
-    out = self._run_decode(
-        start, max_new_tokens, capacity, sampling, criteria,
-        self._row_keys(seed, b), step_offset=0,
-        finished=np.zeros((b,), bool),
-        return_logprobs=return_logprobs, return_logits=return_logits,
-        keep_state=return_state,
-        # The start state's buffers are reused unless the caller owns them
-        # (`state` continued with no new tokens) or a replay may need them
-        # (a stop string found only in the text, see below).
-        donate=start is not state and not (return_state and criteria.strings),
-    )
-    tokens = np.asarray(out.tokens)
-    lengths = np.asarray(out.lengths)
-    stopped = np.asarray(out.stopped)
-    logprobs = None if out.logprobs is None else np.asarray(out.logprobs)
-    logits = None if out.logits is None else np.asarray(out.logits)
+    return _Start(rows=rows, state=start, max_new_tokens=max_new_tokens,
+                  sampling=sampling, criteria=criteria,
+                  row_keys=self._row_keys(seed, len(rows)))
 
-    result = SamplerOutput(text=[] if self.tokenizer else None, tokens=[],
-                           finish_reasons=[], prompt_tokens=rows,
-                           logprobs=[] if logprobs is not None else None,
-                           logits=[] if logits is not None else None)
-    replay = []  # tokens each row must have consumed, when a text stop cut it
-    for i in range(b):
-      gen = tokens[i, :lengths[i]].tolist()
-      consumed = len(gen)
-      keep = len(gen)
-      reason = "stop" if stopped[i] else "length"
-      if stopped[i] and gen and gen[-1] in criteria.token_ids:
-        keep -= 1
-      text = None
-      if self.tokenizer is not None:
-        text = self._decode_text(gen[:keep])
-        cut = stopping.find_stop(text, criteria.strings)
-        if cut is not None:
-          reason = "stop"
-          stop_end = cut + min(len(s) for s in criteria.strings
-                               if text.startswith(s, cut))
-          through = stopping.tokens_through(gen[:keep], stop_end,
-                                            self._decode_text)
-          consumed = min(consumed, through)
-          keep = stopping.tokens_before(gen[:keep], cut, self._decode_text)
-          text = text[:cut]
-        result.text.append(text)
-      replay.append(gen[:consumed])
-      result.tokens.append(gen[:keep])
-      result.finish_reasons.append(reason)
-      if logprobs is not None:
-        result.logprobs.append(logprobs[i, :keep])
-      if logits is not None:
-        result.logits.append(logits[i, :keep])
-    if return_state:
-      result.consumed = replay
-      if any(len(r) < n for r, n in zip(replay, lengths)):
-        # A stop string ended a row in its text but not as the tokens the
-        # device looked for: rebuild the state from before the generation
-        # with exactly the tokens through the stop string.
-        result.state = self.extend(start, replay)
-      else:
-        result.state = out.state
-    return result
+  def _row_end(self, gen: list[int], stopped: bool,
+               criteria: stopping.StopCriteria) -> _RowEnd:
+    """Where a row's generated tokens `gen` end: at the stop token that
+    ended it on the device (`stopped`), or before the first stop string of
+    its text."""
+    keep = consumed = len(gen)
+    if stopped and gen and gen[-1] in criteria.token_ids:
+      keep -= 1
+    text = None
+    if self.tokenizer is not None:
+      text = self._decode_text(gen[:keep])
+      cut = stopping.find_stop(text, criteria.strings)
+      if cut is not None:
+        stopped = True
+        stop_end = cut + min(len(s) for s in criteria.strings
+                             if text.startswith(s, cut))
+        through = stopping.tokens_through(gen[:keep], stop_end,
+                                          self._decode_text)
+        consumed = min(consumed, through)
+        keep = stopping.tokens_before(gen[:keep], cut, self._decode_text)
+        text = text[:cut]
+    return _RowEnd(keep=keep, consumed=consumed, text=text, stopped=stopped)
 
   def _chat_stop_for_new(self, stop, state) -> list[str | int]:
     if state is not None:
@@ -560,7 +660,7 @@ class Sampler:
                        "rows")
     return rows
 
-  def _row_keys(self, seed, batch: int) -> jax.Array:
+  def _row_keys(self, seed, batch: int) -> RowKeys:
     if isinstance(seed, (int, np.integer)):
       base = jax.random.key(int(seed))
       return jax.vmap(lambda i: jax.random.fold_in(base, i))(
@@ -570,22 +670,23 @@ class Sampler:
       raise ValueError(f"{len(seeds)} seeds for {batch} rows")
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
-  def _run_decode(self, state, num_steps, capacity, sampling, criteria,
-                  row_keys, *, step_offset, finished, return_logprobs,
-                  return_logits, keep_state, donate,
-                  sync_every=None) -> decode_lib.DecodeOutput:
-    ids, seqs = stopping.device_arrays(criteria)
-    fn = self._decode[donate]
-    return fn(
-        self.params, state, jnp.int32(num_steps), row_keys,
-        jnp.int32(step_offset), jnp.float32(sampling.temperature or 1.0),
-        jnp.float32(sampling.top_p or 1.0), jnp.asarray(ids),
-        jnp.asarray(seqs), jnp.asarray(finished),
-        capacity=capacity, sampling=sampling.mode,
-        pad_id=self.pad_id, return_logprobs=return_logprobs,
-        return_logits=return_logits, freeze_finished=keep_state,
-        sync_every=sync_every or self.sync_every,
-    )
+  def _run_decode(self, start: _Start, state: DecodeState, num_steps: int,
+                  *, capacity: int, step_offset: int, finished: np.ndarray,
+                  keep_state: bool, donate: bool,
+                  return_logprobs: bool = False, return_logits: bool = False,
+                  sync_every: int | None = None) -> decode_lib.DecodeOutput:
+    """One decode-loop call from `state` with `start`'s sampling, stop
+    criteria and keys."""
+    inputs = decode_lib.DecodeInputs.create(
+        num_steps, start.row_keys, start.criteria, finished=finished,
+        step_offset=step_offset,
+        temperature=start.sampling.temperature or 1.0,
+        top_p=start.sampling.top_p or 1.0)
+    options = decode_lib.DecodeOptions(
+        capacity=capacity, sampling=start.sampling.mode, pad_id=self.pad_id,
+        return_logprobs=return_logprobs, return_logits=return_logits,
+        freeze_finished=keep_state, sync_every=sync_every or self.sync_every)
+    return self._decode[donate](self.params, state, inputs, options)
 
   # Streaming -------------------------------------------------------------------
 
@@ -602,7 +703,7 @@ class Sampler:
       seed: int | Sequence[int] = 0,
       state: DecodeState | None = None,
       chat: bool = False,
-  ) -> Iterator[StreamStep]:
+  ) -> Stream:
     """Like `generate`, but yields each step as soon as it is sampled.
 
     One jitted decode step per token (the host sees every token), with the
@@ -610,38 +711,34 @@ class Sampler:
     or when its text contains a stop string; the iterator ends when every
     row has ended. Text that could be the start of a stop string is held
     back until it is known not to be one, so stop text never appears.
-    After the loop, `self.last_state` holds the state. `chat` as in
-    `generate`.
+    The returned `Stream`'s `state` holds the state once the loop has
+    ended. `chat` as in `generate`.
     """
-    sampling = SamplingParams(temperature, top_k, top_p)
-    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
-    if chat:
-      stop = self._chat_stop_for_new(stop, state)
-    if state is None:
-      rows = self.encode(prompts, chat=chat)
-      current = self.prefill(rows, max_new_tokens)
-    else:
-      rows = self._continuation_rows(prompts, state.batch_size)
-      current = self.extend(state, rows)
-      self._check_room(current, max_new_tokens)
-    criteria = stopping.resolve(
-        stop, encode=self.tokenizer.encode if self.tokenizer else None,
-        eos_id=self.eos_id, stop_at_eos=stop_at_eos)
-    b = len(rows)
-    keys = self._row_keys(seed, b)
+    return Stream(self._stream_steps(
+        prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, stop=stop, stop_at_eos=stop_at_eos, seed=seed,
+        state=state, chat=chat))
+
+  def _stream_steps(self, prompts, max_new_tokens, *, state, **options
+                    ) -> Generator[StreamStep, None, DecodeState]:
+    """`stream`'s steps; returns the final state. Runs (and checks its
+    arguments) on the first `next`."""
+    start = self._start(prompts, max_new_tokens, state=state, **options)
+    current = start.state
+    b = len(start.rows)
     finished = np.zeros((b,), bool)
     generated: list[list[int]] = [[] for _ in range(b)]
     shown = [0] * b  # characters of text already yielded per row
-    for step in range(max_new_tokens):
+    for step in range(start.max_new_tokens):
       out = self._run_decode(
-          current, 1, 1, sampling, criteria, keys, step_offset=step,
-          finished=finished, return_logprobs=False, return_logits=False,
-          keep_state=True, donate=current is not state, sync_every=1)
+          start, current, 1, capacity=1, step_offset=step,
+          finished=finished, keep_state=True, donate=current is not state,
+          sync_every=1)
       current = out.state
       token = np.asarray(out.tokens)[:, 0]
       active = np.asarray(out.lengths) > 0
-      stopped = np.array(out.stopped)  # a copy: a text stop is set below
-      last = step == max_new_tokens - 1
+      stopped = np.asarray(out.stopped)
+      last = step == start.max_new_tokens - 1
       step_tokens, step_text = [], []
       for i in range(b):
         if not active[i]:
@@ -651,31 +748,25 @@ class Sampler:
         tok = int(token[i])
         step_tokens.append(tok)
         generated[i].append(tok)
+        end = self._row_end(generated[i], bool(stopped[i]), start.criteria)
         delta = ""
-        if self.tokenizer is not None:
-          visible = generated[i]
-          if stopped[i] and tok in criteria.token_ids:
-            visible = visible[:-1]
-          text = self._decode_text(visible)
-          cut = stopping.find_stop(text, criteria.strings)
-          if cut is not None:
-            text = text[:cut]
-            stopped[i] = True
-          elif not (stopped[i] or last):  # more text may follow
+        if end.text is not None:
+          text = end.text
+          if not (end.stopped or last):  # more text may follow
             if text.endswith("\ufffd"):
               text = text[:-1]  # an incomplete multi-byte character
-            text = text[:stopping.shown_length(text, criteria.strings)]
+            text = text[:stopping.shown_length(text, start.criteria.strings)]
           if len(text) > shown[i]:
             delta = text[shown[i]:]
             shown[i] = len(text)
         step_text.append(delta)
-        if stopped[i]:
+        if end.stopped:
           finished[i] = True
       yield StreamStep(tokens=step_tokens, text=step_text,
                        finished=finished.tolist())
       if finished.all():
         break
-    self.last_state = current
+    return current
 
   def conversation(self, *, chat: bool = False, **defaults
                    ) -> "Conversation":

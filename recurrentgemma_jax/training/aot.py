@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the train step for a TPU slice, without one.
 
-    python -m recurrentgemma_jax.train --config=experiments/X.py:... \
+    recurrentgemma train --config=experiments/X.py:... \
         --workdir=/tmp/aot --compile_only --topology=v5p-128
 
 libtpu (`pip install "jax[tpu]"`) compiles for a TPU topology on any host:
@@ -40,16 +40,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding
 
-from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.training import config as config_lib
 from recurrentgemma_jax.training import flops as flops_lib
 from recurrentgemma_jax.training import loop
-from recurrentgemma_jax.training import optimizer as optimizer_lib
 from recurrentgemma_jax.training import state as state_lib
+from recurrentgemma_jax.training import step as step_lib
 
 GiB = 2**30
 
@@ -161,8 +159,8 @@ def topology_devices(slice_name: str
 def _model_config(config: ml_collections.ConfigDict, tpu: bool = True
                   ) -> GriffinConfig:
   """The model of `config` with the Pallas TPU scans (`tpu`), without
-  reading data (only the tokenizer or the synthetic task, for the
-  vocabulary)."""
+  reading data or weights (only the tokenizer or the synthetic task, for
+  the vocabulary `loop.setup` would give it)."""
   model = config.model.copy_and_resolve_references()
   model.unlock()
   if tpu:
@@ -170,22 +168,23 @@ def _model_config(config: ml_collections.ConfigDict, tpu: bool = True
   if model.vocab_size is not None or config.init_from.checkpoint:
     # Released weights keep their preset's vocabulary.
     return config_lib.build_model_config(model)
-  data = config.data
   try:
-    if data.get("task") == "lm":
-      from recurrentgemma_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-      vocab = tokenizers.get_tokenizer(
-          data.get("tokenizer", "bytes")).vocab_size
-    else:
-      from recurrentgemma_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-      vocab = pipeline.make_task(config, 0, 1).vocab_size
+    vocab = loop.data_vocab_size(config)
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(
         f"cannot determine the vocabulary from the data config ({e}); set "
         "--config.model.vocab_size"
     ) from e
-  vocab = vocab if vocab <= 128 else 128 * math.ceil(vocab / 128)
   return config_lib.build_model_config(model, vocab)
+
+
+def abstract_batch(program: loop.Program
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """The `[B, T]` batch of `program` as sharded ShapeDtypeStructs."""
+  shape = (program.config.batch_size, program.config.seq_len)
+  return {k: jax.ShapeDtypeStruct(shape, dtype,
+                                  sharding=program.batch_sharding)
+          for k, dtype in step_lib.BATCH_DTYPES.items()}
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -263,54 +262,30 @@ class Report:
 
 @dataclasses.dataclass(frozen=True)
 class _Target:
-  """The jitted train step of a config and its abstract inputs on a slice."""
+  """The train program of a config on a slice's devices."""
 
   gen: Generation
   name: str  # libtpu topology name
   devices: list[Any]  # one per chip
   cores_per_chip: int
-  mesh: jax.sharding.Mesh
-  model_config: GriffinConfig
-  spec: state_lib.StateSpec
-  step: Any  # jax.jit(train_step)
-  batch: dict[str, jax.ShapeDtypeStruct]  # [B, T], sharded
+  program: loop.Program
 
   def lower(self) -> jax.stages.Lowered:
-    return self.step.lower(self.spec.abstract, self.batch)
+    """The train step lowered for sharded ShapeDtypeStructs (nothing is
+    allocated)."""
+    return loop.jit_train_step(self.program).lower(
+        self.program.spec.abstract, abstract_batch(self.program))
 
 
 def _target(config: Any, slice_name: str) -> _Target:
-  """Validates `config` for the slice and builds its train step (nothing is
-  allocated: the state and batch are sharded ShapeDtypeStructs)."""
+  """Validates `config` for the slice and builds its train program as
+  `loop.setup` does, without data or weights."""
   config = config_lib.validate(config)
   gen, name, devices, cores_per_chip = topology_devices(slice_name)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % (dp * config.grad_accum_steps):
-    raise ConfigError(
-        f"batch_size={config.batch_size} is not divisible by the data-"
-        f"parallel size {dp} x grad_accum_steps={config.grad_accum_steps}"
-    )
-  if config.seq_len % mesh.shape["sequence"]:
-    raise ConfigError(f"seq_len={config.seq_len} is not divisible by the "
-                      f"sequence axis ({mesh.shape['sequence']})")
-  model_config = _model_config(config, tpu=name != LOCAL)
-  tx = optimizer_lib.make_optimizer(config)
-  schedule = optimizer_lib.learning_rate_schedule(config)
-  spec = state_lib.state_spec(model_config, tx, mesh,
-                              lora=config_lib.lora_config(config),
-                              base_dtype=config.lora.base_dtype or None)
-  batch_sharding = sharding.batch_sharding(mesh)
-  shape = (config.batch_size, config.seq_len)
-  batch = {
-      k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-      for k, dtype in (("inputs", jnp.int32), ("targets", jnp.int32),
-                       ("segment_pos", jnp.int32), ("mask", jnp.float32))
-  }
-  step = loop.jit_train_step(config, spec, tx, schedule, mesh,
-                             batch_sharding)
-  return _Target(gen, name, devices, cores_per_chip, mesh, model_config,
-                 spec, step, batch)
+  mesh = loop.experiment_mesh(config, devices)
+  program = loop.build_program(config, mesh,
+                               _model_config(config, tpu=name != LOCAL))
+  return _Target(gen, name, devices, cores_per_chip, program)
 
 
 def compiled_text(config: Any, slice_name: str) -> str:
@@ -326,10 +301,10 @@ def compile_train_step(config: Any, slice_name: str) -> Report:
     ConfigError: bad config, topology or mesh, or libtpu missing.
     DoesNotFitError: the step needs more than the chip's HBM.
   """
-  config = config_lib.validate(config)
   target = _target(config, slice_name)
   gen, name, devices = target.gen, target.name, target.devices
-  mesh, model_config, spec = target.mesh, target.model_config, target.spec
+  program = target.program
+  config, mesh, spec = program.config, program.mesh, program.spec
   # A compile-only v4 device is one TensorCore with half the chip's HBM.
   hbm = gen.hbm_bytes // target.cores_per_chip
   try:
@@ -350,7 +325,8 @@ def compile_train_step(config: Any, slice_name: str) -> Report:
   if isinstance(cost, list):  # older jax: one dict per program
     cost = cost[0] if cost else {}
   n_params = state_lib.num_params(spec)
-  model_flops = (flops_lib.train_flops_per_token(model_config, config.seq_len)
+  model_flops = (flops_lib.train_flops_per_token(program.model_config,
+                                                 config.seq_len)
                  * config.batch_size * config.seq_len / len(devices))
   report = Report(
       topology=name,

@@ -316,7 +316,7 @@ class Checkpointer:
         stored = self._read_digest(path)
       except Exception as e:  # pylint: disable=broad-except
         return f"its {DIGEST_KEY} is unreadable ({one_line(e)})"
-      self._check_base(step, stored)
+      self.check_base(step, stored)
     return None
 
   # The frozen base of a LoRA run ---------------------------------------------
@@ -353,7 +353,9 @@ class Checkpointer:
         reader.close()
     return np.asarray(restored[DIGEST_KEY])
 
-  def _check_base(self, step: int, stored: np.ndarray) -> None:
+  def check_base(self, step: int, stored: np.ndarray) -> None:
+    """Raises WorkdirError unless `stored` (checkpoint `step`'s digest of
+    its LoRA base) is the digest of the base this run loads."""
     different = self.frozen.first_difference(stored)
     if different:
       raise WorkdirError(
@@ -366,7 +368,7 @@ class Checkpointer:
     """A restored LoRA checkpoint joined to the base it was trained on."""
     if self.frozen is None:
       return restored
-    self._check_base(step, np.asarray(jax.device_get(restored[DIGEST_KEY])))
+    self.check_base(step, np.asarray(jax.device_get(restored[DIGEST_KEY])))
     state = {k: v for k, v in restored.items() if k != DIGEST_KEY}
     state["params"] = frozen_lib.combine(self.frozen.take(),
                                          state["params"])

@@ -1,9 +1,11 @@
-"""The experiment config schema shared by every experiment file.
+"""The experiment config schema shared by every experiment file, and its
+validation.
 
 An experiment file (`experiments/*.py`) defines `get_config(arg)` returning
-`base_config()` with its own values and a `data` section for its task. The
-config is locked: setting a field that does not exist is an error, and
-ml_collections rejects values of the wrong type.
+`base_config()` with its own values and a `data` section for its task (the
+recipes several files share, and the parsing of `arg`, are in
+`experiments/common.py`). The config is locked: setting a field that does
+not exist is an error, and ml_collections rejects values of the wrong type.
 
 Common fields (same names in every experiment):
   total_steps, batch_size (global, in sequences), seq_len, learning_rate,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,20 +31,31 @@ from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.config import block_pattern
 from recurrentgemma_jax.nn import lora as lora_lib
 
+# The `model` section's fields that say how the model computes, not what
+# it is: every model built from a section (fresh or from released weights)
+# takes them from it.
+COMPUTE_FIELDS = ("dtype", "param_dtype", "scan_impl", "fused_rg_lru",
+                  "attention_impl", "remat")
+
+
+def _model_overrides() -> dict[str, type]:
+  """Every GriffinConfig field but the compute fields and `block_types`
+  (set by `kind` + `depth`), with its type (`int | None` -> int: a section
+  field holds None when unset)."""
+  hints = typing.get_type_hints(GriffinConfig)
+  out = {}
+  for field in dataclasses.fields(GriffinConfig):
+    if field.name in ("block_types", *COMPUTE_FIELDS):
+      continue
+    types = [t for t in typing.get_args(hints[field.name])
+             if t is not type(None)]
+    out[field.name] = types[0] if types else hints[field.name]
+  return out
+
+
 # GriffinConfig fields an experiment may override, with their types.
 # `attention_window_size = 0` means global attention (None in GriffinConfig).
-MODEL_OVERRIDES: dict[str, type] = {
-    "vocab_size": int,
-    "width": int,
-    "mlp_expanded_width": int,
-    "num_heads": int,
-    "lru_width": int,
-    "lru_num_heads": int,
-    "attention_window_size": int,
-    "logits_soft_cap": float,
-    "embeddings_scale_by_sqrt_dim": bool,
-    "conv1d_temporal_width": int,
-}
+MODEL_OVERRIDES: dict[str, type] = _model_overrides()
 
 
 def model_config(preset: str = "", **values) -> ml_collections.ConfigDict:
@@ -109,76 +123,11 @@ def hf_model_config(path: str, **values) -> ml_collections.ConfigDict:
         f"init_from.hf: {path}: the block pattern "
         f"{[b.value for b in griffin.block_types]} is none of "
         f"{', '.join(presets.MODEL_KINDS)}")
-  fields = {name: getattr(griffin, name) for name in MODEL_OVERRIDES
-            if getattr(griffin, name) is not None}
+  given = griffin.to_dict()  # None where a field follows another
+  fields = {name: given[name] for name in MODEL_OVERRIDES
+            if given[name] is not None}
   return model_config("", kind=kinds[0], depth=depth,
                       **{**fields, **values})
-
-
-def synthetic_model(kind: str, window: int) -> ml_collections.ConfigDict:
-  """The paper's copy / retrieval model (De et al. 2024, Appendix H).
-
-  Five residual blocks of width 64 (MLP 3x); Griffin's one local-attention
-  block is the third (recurrent, recurrent, attention, recurrent, recurrent),
-  Hawk has none, the MQA baseline uses global attention in every block.
-
-  Args:
-    kind: "griffin", "hawk" or "mqa".
-    window: Griffin's local attention window.
-  """
-  return model_config(
-      "", kind=kind, depth=5, width=64, mlp_expanded_width=192,
-      num_heads=2, lru_width=64,
-      attention_window_size=0 if kind == "mqa" else window,
-      dtype="float32",
-  )
-
-
-def synthetic_task_config(
-    task: str, kind: str, *, window: int
-) -> ml_collections.ConfigDict:
-  """The shared schedule of the synthetic-task experiments (Appendix H).
-
-  20k AdamW steps (no weight decay) of batch 64 on `synthetic_model(kind,
-  window)`; each experiment sets its sequence length and task fields.
-  """
-  c = base_config()
-  c.total_steps = 20_000
-  c.batch_size = 64
-  c.learning_rate = 1e-3
-  c.warmup_steps = 500
-  c.optimizer.weight_decay = 0.0
-  c.eval_every = 1000
-  c.checkpoint_every = 2000
-  c.log_every = 100
-  c.model = synthetic_model(kind, window)
-  c.data.task = task
-  return c
-
-
-def shrink_for_cpu(
-    c: ml_collections.ConfigDict,
-    kind: str,
-    *,
-    total_steps: int = 600,
-    batch_size: int = 32,
-    eval_every: int = 200,
-    checkpoint_every: int = 300,
-) -> None:
-  """The `runlocal` variant of a synthetic task: minutes on 2 CPU cores.
-
-  Sequence 64, a higher learning rate with a short warm-up, and Griffin's
-  window cut to 32 (MQA keeps global attention).
-  """
-  c.total_steps = total_steps
-  c.batch_size = batch_size
-  c.seq_len = 64
-  c.learning_rate = 3e-3
-  c.warmup_steps = 50
-  c.eval_every = eval_every
-  c.checkpoint_every = checkpoint_every
-  c.log_every = 50
-  c.model.attention_window_size = 0 if kind == "mqa" else 32
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -252,48 +201,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses the `:a=1,b,c=x` suffix of `--config=file.py:...`.
-
-  A bare key means True. Keys must be among `defaults`; each value is cast to
-  the type of its default.
-
-  >>> parse_arg("runlocal,model=hawk", runlocal=False, model="griffin")
-  runlocal: true
-  model: hawk
-  """
-  out = ml_collections.ConfigDict(dict(defaults))
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    key = key.strip()
-    if key not in defaults:
-      raise ConfigError(
-          f"config argument {key!r} is unknown; allowed: {sorted(defaults)}"
-      )
-    default = defaults[key]
-    if isinstance(default, bool):
-      parsed = (value.lower() not in ("0", "false", "no")) if value else True
-    elif not value:
-      raise ConfigError(f"config argument {key!r} needs a value")
-    else:
-      try:
-        parsed = type(default)(value)
-      except ValueError as e:
-        raise ConfigError(
-            f"config argument {key}={value!r}: expected "
-            f"{type(default).__name__}"
-        ) from e
-    out[key] = parsed
-  return out
-
-
-# The `model` section's fields that say how the model computes, not what
-# it is: every model built from a section (fresh or from released weights)
-# takes them from it.
-COMPUTE_FIELDS = ("dtype", "param_dtype", "scan_impl", "fused_rg_lru",
-                  "attention_impl", "remat")
-
-
 def build_model_config(
     model: ml_collections.ConfigDict, vocab_size: int | None = None
 ) -> GriffinConfig:
@@ -319,7 +226,7 @@ def build_model_config(
   for name in COMPUTE_FIELDS:
     overrides[name] = model[name]
   if model.preset:
-    return GriffinConfig.from_preset(model.preset, **overrides)
+    return presets.get(model.preset, **overrides)
   try:
     return GriffinConfig(**overrides)
   except TypeError as e:  # a required field is missing

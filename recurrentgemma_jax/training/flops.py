@@ -47,14 +47,14 @@ def mean_visible_keys(seq_len: int, window: int | None) -> float:
 def forward_flops_per_token(config: GriffinConfig, seq_len: int) -> float:
   """Forward-pass FLOPs per token at training length `seq_len`."""
   d, f, v = config.width, config.mlp_expanded_width, config.vocab_size
-  e = config.lru_width_resolved
+  e = config.lru_width
   total = 2.0 * d * v  # logits (the input embedding lookup is free)
   for block_type in config.block_types:
     total += 6.0 * d * f  # two up projections and the down projection
     if block_type == BlockType.RECURRENT:
       total += 6.0 * d * e  # linear_x, linear_y, linear_out
       total += 2.0 * config.conv1d_temporal_width * e
-      total += 4.0 * e * (e // config.lru_heads)  # two block-diagonal gates
+      total += 4.0 * e * (e // config.lru_num_heads)  # two block-diagonal gates
       total += RG_LRU_ELEMENTWISE * e
     else:
       hd = config.head_dim

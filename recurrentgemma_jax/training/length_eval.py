@@ -13,7 +13,7 @@ the paper's per-token loss plots).
 The result is also written atomically to a file in WORKDIR named by its
 settings, `length_eval_step<N>_x<1-2-4-8>_n<examples>[_positions].json`
 (`default_result_file`), so that evaluations with other settings never
-replace one another; `result_file=` names the file instead (reproduce.py
+replace one another; `result_file=` names the file instead (`reproduce run`
 writes `length_eval.json`, which its report reads). A named file that holds
 a result for other multipliers, examples or per_position is not replaced
 (ConfigError, before anything is built); one for the same settings is (a

@@ -8,7 +8,9 @@
 (all errors in the config surface here, before anything is compiled),
 resumes from the newest complete checkpoint in `WORKDIR/checkpoints` or
 initialises, and runs `total_steps` optimizer steps with periodic logging,
-evaluation and asynchronous checkpoints.
+evaluation and asynchronous checkpoints. One sequence builds every run:
+`experiment_mesh`, the model config, `build_program` (optimizer, state
+shardings), `jit_train_step`; `aot.py` follows it with abstract inputs.
 
 One workdir, one trainer, one config. `train` first locks the workdir
 (`workdir.WorkdirLock`; with several processes, process 0 holds it) and,
@@ -84,19 +86,28 @@ class TrainResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-  """Everything built from a config before any compilation."""
+class Program:
+  """A config's sharded train step on a mesh, before compilation: what
+  `train` runs, and what `aot.py` lowers with abstract inputs (no data, no
+  weights). Made by `build_program`."""
 
   config: ml_collections.ConfigDict
-  workdir: str
   mesh: Mesh
-  task: pipeline.Task
   model_config: GriffinConfig
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   spec: state_lib.StateSpec
-  checkpointer: checkpointing.Checkpointer
   batch_sharding: NamedSharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment(Program):
+  """A `Program` with its workdir, data and checkpoints: everything `setup`
+  builds from a config before any compilation."""
+
+  workdir: str
+  task: pipeline.Task
+  checkpointer: checkpointing.Checkpointer
   init_params: Any | None  # released weights to start from, if any
   frozen: frozen_lib.FrozenParams | None = None  # a LoRA run's base
 
@@ -187,19 +198,16 @@ def _check_eval_data(config, task: pipeline.Task) -> None:
         "batch_size or set eval_batches=0 (no evaluation)")
 
 
-def setup(config: Any, workdir: str, *, read_only: bool = False
-          ) -> Experiment:
-  """Validates `config` and builds mesh, data, model spec and optimizer.
-
-  With `read_only`, the workdir is neither created nor written to, and its
-  checkpoints can only be read (`evaluate`).
+def experiment_mesh(config: ml_collections.ConfigDict,
+                    devices: Any | None = None) -> Mesh:
+  """The mesh of a validated config's `mesh` section over `devices` (by
+  default all), checked against the batch: rows split over data x fsdp
+  (times grad_accum_steps), time over `sequence`.
 
   Raises:
-    ConfigError: with a one-line message naming the problem.
+    ConfigError: a bad mesh, or a batch it does not split.
   """
-  config = config_lib.validate(config)
-  workdir = _normalize(workdir) if read_only else prepare_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   dp = sharding.data_parallel_size(mesh)
   rows = dp * config.grad_accum_steps
   if config.batch_size % rows:
@@ -213,6 +221,45 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
         f"seq_len={config.seq_len} is not divisible by the sequence axis "
         f"({mesh.shape['sequence']})"
     )
+  return mesh
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: Mesh,
+                  model_config: GriffinConfig) -> Program:
+  """The optimizer, learning-rate schedule and sharded train-state spec of
+  a validated config for `model_config` on `mesh`.
+
+  Raises:
+    ConfigError: the model does not fit `mesh`, or `lora.targets` names no
+      projection.
+  """
+  tx = optimizer_lib.make_optimizer(config)
+  return Program(
+      config=config,
+      mesh=mesh,
+      model_config=model_config,
+      tx=tx,
+      schedule=optimizer_lib.learning_rate_schedule(config),
+      spec=state_lib.state_spec(model_config, tx, mesh,
+                                lora=config_lib.lora_config(config),
+                                base_dtype=config.lora.base_dtype or None),
+      batch_sharding=sharding.batch_sharding(mesh),
+  )
+
+
+def setup(config: Any, workdir: str, *, read_only: bool = False
+          ) -> Experiment:
+  """Validates `config` and builds mesh, data, model spec and optimizer.
+
+  With `read_only`, the workdir is neither created nor written to, and its
+  checkpoints can only be read (`evaluate`).
+
+  Raises:
+    ConfigError: with a one-line message naming the problem.
+  """
+  config = config_lib.validate(config)
+  workdir = _normalize(workdir) if read_only else prepare_workdir(workdir)
+  mesh = experiment_mesh(config)
   lora = config_lib.lora_config(config)
   if lora is not None:  # before the data and the weights are read
     _check_lora_targets(config, lora)
@@ -225,9 +272,8 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
         f"model's vocab_size={model_config.vocab_size}"
     )
   _check_eval_data(config, task)
-  tx = optimizer_lib.make_optimizer(config)
-  spec = state_lib.state_spec(model_config, tx, mesh, lora=lora,
-                              base_dtype=config.lora.base_dtype or None)
+  program = build_program(config, mesh, model_config)
+  spec = program.spec
   frozen = None
   if lora is not None:
     frozen = frozen_lib.FrozenParams(
@@ -235,18 +281,13 @@ def setup(config: Any, workdir: str, *, read_only: bool = False
         lambda: state_lib.init_base(spec, config.seed, init_params),
         sharding.replicated(mesh))
   return Experiment(
-      config=config,
+      **{f.name: getattr(program, f.name)
+         for f in dataclasses.fields(Program)},
       workdir=workdir,
-      mesh=mesh,
       task=task,
-      model_config=model_config,
-      tx=tx,
-      schedule=optimizer_lib.learning_rate_schedule(config),
-      spec=spec,
       checkpointer=checkpointing.Checkpointer(
           str(epath.Path(workdir) / "checkpoints"),
           keep=config.keep_checkpoints, read_only=read_only, frozen=frozen),
-      batch_sharding=sharding.batch_sharding(mesh),
       init_params=init_params,
       frozen=frozen,
   )
@@ -283,7 +324,8 @@ def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
     # never whole on one device.
     hf_config, tensors = hf.read_hf_checkpoint(path)
     griffin = hf.config_from_hf(hf_config, **overrides)
-    params = jax.tree.map(lambda v: np.asarray(v, griffin.parameter_dtype),
+    dtype = jax.numpy.dtype(griffin.param_dtype)
+    params = jax.tree.map(lambda v: np.asarray(v, dtype),
                           hf.params_from_hf(tensors, griffin))
   except (OSError, ValueError) as e:  # ConfigError is a ValueError
     raise ConfigError(f"init_from.hf: {e}") from None
@@ -296,10 +338,7 @@ def _load_hf_params(config) -> tuple[GriffinConfig, Any]:
   except ConfigError as e:
     raise ConfigError(f"init_from.hf: the model section does not describe "
                       f"{path} ({e}); {fix}") from None
-  for field in ("vocab_size", "width", "mlp_expanded_width", "num_heads",
-                "lru_width_resolved", "lru_heads", "block_types",
-                "attention_window_size", "logits_soft_cap",
-                "embeddings_scale_by_sqrt_dim", "conv1d_temporal_width"):
+  for field in (*config_lib.MODEL_OVERRIDES, "block_types"):
     got, want = getattr(described, field), getattr(griffin, field)
     if got != want:
       raise ConfigError(
@@ -370,30 +409,28 @@ def _with_model_sharding(fn, mesh: Mesh):
   return traced
 
 
-def jit_train_step(config, spec: state_lib.StateSpec,
-                   tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   mesh: Mesh, batch_sharding: NamedSharding):
-  """The jitted, sharded `train_step(state, batch)` (state donated); also
-  what `aot.py` lowers for a TPU topology."""
+def jit_train_step(program: Program):
+  """The jitted, sharded `train_step(state, batch)` of `program` (state
+  donated); also what `aot.py` lowers for a TPU topology."""
+  config, spec = program.config, program.spec
   train_step = step_lib.make_train_step(
-      spec.graphdef, tx, schedule,
+      spec.graphdef, program.tx, program.schedule,
       grad_accum_steps=config.grad_accum_steps, z_loss=config.loss.z_loss,
-      batch_sharding=batch_sharding, trainable=spec.trainable,
+      batch_sharding=program.batch_sharding, trainable=spec.trainable,
       dropout_seed=(config.seed if spec.lora is not None and
                     spec.lora.dropout > 0 else None),
   )
   return jax.jit(
-      _with_model_sharding(train_step, mesh),
-      in_shardings=(spec.shardings, batch_sharding),
-      out_shardings=(spec.shardings, sharding.replicated(mesh)),
+      _with_model_sharding(train_step, program.mesh),
+      in_shardings=(spec.shardings, program.batch_sharding),
+      out_shardings=(spec.shardings, sharding.replicated(program.mesh)),
       donate_argnums=(0,),
   )
 
 
 def _jit_steps(exp: Experiment):
   """The jitted `train_step(state, batch)` and `eval_step(params, batch)`."""
-  train_step = jit_train_step(exp.config, exp.spec, exp.tx, exp.schedule,
-                              exp.mesh, exp.batch_sharding)
+  train_step = jit_train_step(exp)
   replicated = sharding.replicated(exp.mesh)
   eval_step = jax.jit(
       _with_model_sharding(step_lib.make_eval_step(exp.spec.graphdef),

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import pallas_kernels
+from pallas_kernels import gpu_rg_lru
+from pallas_kernels import gpu_common
 from pallas_kernels import gpu_scan
 from pallas_kernels import reference
 from pallas_kernels.rg_lru import uses_fused_kernel
@@ -146,7 +148,7 @@ def test_fused_rg_lru_matches_reference(b, t, d, dtype, options):
   )
 
   def fused(x, gx, ga, a_param, h0):
-    return pallas_kernels.gpu_rg_lru.pallas_gpu_rg_lru(
+    return gpu_rg_lru.rg_lru(
         x, gx, ga, a_param, reset, h0, interpret=INTERPRET, **options
     )
 
@@ -187,26 +189,25 @@ def test_rg_lru_dispatches_to_fused_kernel():
 
 
 def test_auto_picks_pallas_gpu_only_on_gpu():
-  assert "pallas_gpu" in pallas_kernels.available_impls()
   assert pallas_kernels.resolve_impl("auto", backend="gpu") == "pallas_gpu"
   assert pallas_kernels.resolve_impl("auto", backend="cuda") == "pallas_gpu"
   assert pallas_kernels.resolve_impl("auto", backend="cpu") == "associative"
 
 
 def test_config_defaults_fit_the_problem_and_respect_overrides():
-  default = gpu_scan.ScanConfig()
+  default = gpu_common.ScanConfig()
   # 8 * 2560 / 64 = 320 one-warp programs: enough to fill 132 SMs.
-  assert gpu_scan.resolve_config(8, 2560, default).block_d == 64
-  assert gpu_scan.resolve_config(1, 2560, default).block_d == 32
-  assert gpu_scan.resolve_config(1, 7, default).block_d == 8
-  config = gpu_scan.resolve_config(
+  assert gpu_common.resolve_config(8, 2560, default).block_d == 64
+  assert gpu_common.resolve_config(1, 2560, default).block_d == 32
+  assert gpu_common.resolve_config(1, 7, default).block_d == 8
+  config = gpu_common.resolve_config(
       8, 2560, default, chunk=16, block_d=None, pipeline=False
   )
   assert (config.chunk, config.block_d, config.pipeline) == (16, 64, False)
   with pytest.raises(TypeError, match="unknown kernel options"):
-    gpu_scan.resolve_config(8, 2560, default, block_t=16)
+    gpu_common.resolve_config(8, 2560, default, block_t=16)
   with pytest.raises(ValueError, match="power of 2"):
-    gpu_scan.ScanConfig(block_d=48)
+    gpu_common.ScanConfig(block_d=48)
 
 
 @pytest.mark.parametrize("batch,length,width,dtype,want", [
@@ -234,7 +235,7 @@ def test_auto_variant_runs_the_chosen_kernel():
   a = jnp.asarray(rng.uniform(0.5, 1.0, (1, 300, 64)), jnp.float32)
   h0 = jnp.asarray(rng.standard_normal((1, 64)), jnp.float32)
   assert gpu_scan.choose_variant(1, 300, 64) == "chunked"
-  y, h = gpu_scan.pallas_gpu_scan(x, a, h0, interpret=INTERPRET)
+  y, h = gpu_scan.linear_scan(x, a, h0, interpret=INTERPRET)
   want_y, want_h = reference.numpy_scan(x, a, h0)
   assert reference.relative_error(y, want_y) < 1e-5
   assert reference.relative_error(h, want_h) < 1e-5

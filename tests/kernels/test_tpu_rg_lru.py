@@ -8,6 +8,7 @@ document resets in the middle of a sequence and across time blocks.
 
 import chex
 import jax
+# Private: jax 0.11.2 exposes the race detector's result under no public name.
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp

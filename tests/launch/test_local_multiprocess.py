@@ -66,7 +66,7 @@ def _train_args(config_file, workdir, *overrides):
 
 def _one_process(devices, config_file, workdir, *overrides):
   result = subprocess.run(
-      [sys.executable, "-m", "recurrentgemma_jax.train",
+      [sys.executable, "-m", "recurrentgemma_jax.cli.train",
        *_train_args(config_file, workdir, *overrides)],
       cwd=REPO, env=_env(devices), text=True, capture_output=True,
       timeout=300)
@@ -150,7 +150,7 @@ def test_lost_peer_stops_the_survivor(runs):
                RG_NUM_PROCESSES="2", RG_PROCESS_ID=str(i),
                RG_HEARTBEAT_TIMEOUT_S="5")
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "recurrentgemma_jax.train",
+        [sys.executable, "-m", "recurrentgemma_jax.cli.train",
          *_train_args(config_file, workdir, "--config.total_steps=100000",
                       "--config.checkpoint_every=100000")],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -374,8 +374,8 @@ def _orphan(tmp_path, grandchild: str, pdeathsig: bool) -> float:
   script = tmp_path / "parent.py"
   script.write_text(textwrap.dedent(f"""
       import os, subprocess, sys, time
-      sys.path.insert(0, {str(REPO / "launch")!r})
-      import local
+      sys.path.insert(0, {str(REPO)!r})
+      from recurrentgemma_jax.launch import local
       child = subprocess.Popen([sys.executable, "-c", {grandchild!r}],
                                env=local.process_env(0, 1, 1, 1),
                                preexec_fn={preexec})

@@ -1,6 +1,10 @@
-"""`launch/tpu.py --dry_run`: the exact gcloud commands of a pod launch,
-and what their remote shell commands do when a worker's shell runs them."""
+"""`recurrentgemma launch-tpu --dry_run` (`launch/tpu.py` in a checkout):
+the exact gcloud commands of a pod launch, and what their remote shell
+commands do when a worker's shell runs them. The launcher runs in this
+process (`common.call`); one test runs the script itself."""
 
+import contextlib
+import io
 import os
 import pathlib
 import shlex
@@ -11,9 +15,11 @@ import time
 
 import pytest
 
+from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.cli import launch_tpu
+from recurrentgemma_jax.launch import tpu_commands as tc
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "launch"))
-import tpu_commands as tc  # pylint: disable=wrong-import-position
 
 ACTIONS = ["create", "setup", "run", "logs", "stop", "delete"]
 COMMON = ["--name", "rg-pod", "--zone", "z", "--accelerator", "v4-32"]
@@ -24,15 +30,43 @@ AWKWARD_ARGS = [
 ]
 
 
-def dry_run(*args: str) -> list[list[str]]:
-  out = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "tpu.py"), args[0], "--dry_run",
-       *args[1:]],
-      capture_output=True, text=True, check=True,
-  ).stdout
+def launch(*args: str) -> tuple[int, str, str]:
+  """`(exit code, stdout, stderr)` of `recurrentgemma launch-tpu ARGS`."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = common.call(launch_tpu, args)
+  return code, out.getvalue(), err.getvalue()
+
+
+def _commands(out: str) -> list[list[str]]:
   lines = [l for l in out.splitlines() if l.startswith("[dry-run] ")]
   assert lines and len(lines) == len(out.splitlines()), out
   return [shlex.split(l[len("[dry-run] "):]) for l in lines]
+
+
+def dry_run(*args: str) -> list[list[str]]:
+  code, out, err = launch(args[0], "--dry_run", *args[1:])
+  assert code == 0, err
+  return _commands(out)
+
+
+def test_the_checkout_script_runs_the_launcher():
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "tpu.py"), "create",
+       "--dry_run", *COMMON],
+      capture_output=True, text=True, check=True,
+  ).stdout
+  assert _commands(out) == dry_run("create", *COMMON)
+
+
+def test_setup_without_a_checkout_needs_a_package(monkeypatch, tmp_path):
+  monkeypatch.setattr(launch_tpu, "REPO", str(tmp_path))
+  code, out, err = launch("setup", "--dry_run", *COMMON)
+  assert (code, out) == (2, "")
+  assert err == (f"error: setup ships a git checkout, and {tmp_path} is "
+                 "none: pass --package (e.g. a git URL)\n")
+  [cmd] = dry_run("setup", *COMMON, "--package", "git+https://x/y.git")
+  assert "git+https://x/y.git[tpu]" in remote_command(cmd)
 
 
 def remote_command(cmd: list[str]) -> str:
@@ -79,7 +113,7 @@ def test_run_forwards_flags_to_every_worker(accelerator):
   # What the workers' shell will execute, word by word.
   words = shlex.split(remote)
   start = words.index("-m")
-  assert words[start + 1] == "recurrentgemma_jax.train"
+  assert words[start + 1] == "recurrentgemma_jax.cli.train"
   end = words.index(">")
   assert words[start + 2:end] == ["--workdir=gs://bucket/runs/exp 1",
                                   *AWKWARD_ARGS]
@@ -132,14 +166,11 @@ def test_logs_stop_delete():
 )
 def test_bad_requests_fail_before_running_anything(args, message):
   # --dry_run: a regression prints the commands instead of running gcloud.
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "tpu.py"), args[0], "--dry_run",
-       "--name", "rg-pod", "--zone", "z", *args[1:]],
-      capture_output=True, text=True,
-  )
-  assert proc.returncode == 2
-  assert message in proc.stderr
-  assert "gcloud" not in proc.stdout
+  code, out, err = launch(args[0], "--dry_run", "--name", "rg-pod", "--zone",
+                          "z", *args[1:])
+  assert code == 2
+  assert message in err
+  assert "gcloud" not in out
 
 
 MALICIOUS_NAMES = ["x$(touch PWNED)", "x`touch PWNED`", "x;touch PWNED",
@@ -150,13 +181,11 @@ MALICIOUS_NAMES = ["x$(touch PWNED)", "x`touch PWNED`", "x;touch PWNED",
 def test_every_action_rejects_a_malicious_run_name(action, tmp_path):
   name = f"x$(touch {tmp_path}/PWNED)"
   workdir = ["--workdir", "gs://b/x"] if action == "run" else []
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "tpu.py"), action, "--dry_run",
-       *COMMON, "--run_name", name, *workdir],
-      capture_output=True, text=True)
-  assert proc.returncode == 2, proc.stdout
-  assert f"--run_name {name!r}" in proc.stderr
-  assert proc.stdout == ""
+  code, out, err = launch(action, "--dry_run", *COMMON, "--run_name", name,
+                          *workdir)
+  assert code == 2, out
+  assert f"--run_name {name!r}" in err
+  assert out == ""
 
 
 @pytest.mark.parametrize("name", MALICIOUS_NAMES)
@@ -205,7 +234,7 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc/self"),
                     reason="the remote commands target Linux workers")
 def test_stop_signals_only_its_own_run(tmp_path):
-  """Two runs on a worker (both `recurrentgemma_jax.train`): `stop` ends
+  """Two runs on a worker (both `recurrentgemma_jax.cli.train`): `stop` ends
   the named one only; `run` refuses to start a running run twice."""
   home = _worker_home(tmp_path)
   pids = {}

@@ -1,6 +1,6 @@
-"""Activation sharding constraints (`sharding.constrain`): traced only under
-`sharding.activation_sharding` / `model_sharding` on a multi-device mesh,
-with the rules' layout; plain single-device use traces none."""
+"""Activation sharding constraints (`logical.constrain`): traced only under
+`logical.activation_sharding` / `sharding.model_sharding` on a multi-device
+mesh, with the rules' layout; plain single-device use traces none."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 import recurrentgemma_jax as rg
 from recurrentgemma_jax import sharding
+from recurrentgemma_jax.nn import logical
 
 BATCH = ("data", "fsdp")
 
@@ -50,12 +51,12 @@ def test_no_constraint_without_a_mesh():
 
 
 def test_no_constraint_on_a_one_device_mesh():
-  with sharding.activation_sharding(_mesh(1, 1, 1, 1)):
+  with logical.activation_sharding(_mesh(1, 1, 1, 1), sharding.DEFAULT_RULES):
     assert not _constraints(_model())
 
 
 def test_residual_stream_mlp_and_logits_are_pinned():
-  with sharding.activation_sharding(_mesh(2, 2, 2, 1)):
+  with logical.activation_sharding(_mesh(2, 2, 2, 1), sharding.DEFAULT_RULES):
     found = _constraints(_model())
   residual = P(BATCH, "sequence", None)
   # Embeddings, then per block: input, after the temporal mix, output.
@@ -70,7 +71,7 @@ def test_residual_stream_mlp_and_logits_are_pinned():
 def test_dimensions_a_mesh_axis_does_not_divide_stay_replicated():
   # One row (e.g. sampling) on a data x fsdp = 4 mesh; T = 1 (decoding)
   # with a sequence axis of 2.
-  with sharding.activation_sharding(_mesh(2, 2, 1, 2)):
+  with logical.activation_sharding(_mesh(2, 2, 1, 2), sharding.DEFAULT_RULES):
     found = _constraints(_model(), batch=1, time=1)
   assert found and all(spec[:2] == (None, None) or spec[1:3] == (None, None)
                        for spec, _ in found)
@@ -78,4 +79,4 @@ def test_dimensions_a_mesh_axis_does_not_divide_stay_replicated():
 
 def test_constrain_is_the_identity_outside_a_context():
   x = jnp.ones((2, 3, 4))
-  assert sharding.constrain(x, sharding.RESIDUAL_AXES) is x
+  assert logical.constrain(x, logical.RESIDUAL_AXES) is x

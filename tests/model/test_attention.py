@@ -116,3 +116,24 @@ def test_unknown_attention_impl_is_a_config_error():
     rg.GriffinConfig(vocab_size=64, width=64, mlp_expanded_width=96,
                      num_heads=2, block_types=("attention",),
                      attention_impl="flash")
+
+
+@pytest.mark.parametrize("backend, devices, want", [
+    ("gpu", 1, "pallas_gpu"),  # timed faster on an H200 (docs/benchmarks.md)
+    ("gpu", 2, "xla"),  # the kernel would gather its operands per device
+    ("tpu", 1, "xla"),
+    ("cpu", 1, "xla"),
+])
+def test_auto_attention_picks_the_flash_kernel_only_on_one_gpu(
+    backend, devices, want):
+  assert attention.resolve_attention_impl(backend, devices) == want
+
+
+def test_auto_attention_on_cpu_runs_the_blocked_einsum(monkeypatch):
+  calls = []
+  monkeypatch.setattr(attention, "blocked_local_attention",
+                      lambda *a: calls.append(a) or a[0])
+  q = jnp.ones((1, 8, 2, 4))
+  attention.local_attention(q, q[:, :, :1], q[:, :, :1],
+                            jnp.zeros((1, 8), jnp.int32), 4, impl="auto")
+  assert len(calls) == 1

@@ -12,13 +12,13 @@ B_R, B_A = rg.BlockType.RECURRENT, rg.BlockType.ATTENTION
 
 
 def test_recurrentgemma_presets():
-  c2 = rg.GriffinConfig.from_preset("recurrentgemma-2b")
-  assert (c2.width, c2.lru_width_resolved, c2.num_heads,
+  c2 = rg.presets.get("recurrentgemma-2b")
+  assert (c2.width, c2.lru_width, c2.num_heads,
           c2.mlp_expanded_width, c2.num_layers) == (2560, 2560, 10, 7680, 26)
   assert (c2.attention_window_size, c2.vocab_size, c2.logits_soft_cap,
           c2.embeddings_scale_by_sqrt_dim) == (2048, 256000, 30.0, True)
   assert c2.block_types[:3] == (B_R, B_R, B_A)
-  c9 = rg.GriffinConfig.from_preset("recurrentgemma-9b")
+  c9 = rg.presets.get("recurrentgemma-9b")
   assert (c9.width, c9.num_heads, c9.mlp_expanded_width,
           c9.num_layers) == (4096, 16, 12288, 38)
 
@@ -26,22 +26,21 @@ def test_recurrentgemma_presets():
 @pytest.mark.parametrize("size", list(presets.PAPER_SIZES))
 def test_paper_presets(size):
   width, lru, depth, heads = presets.PAPER_SIZES[size]
-  g = rg.GriffinConfig.from_preset(f"griffin-{size}")
-  h = rg.GriffinConfig.from_preset(f"hawk-{size}")
-  m = rg.GriffinConfig.from_preset(f"mqa-{size}")
+  g = rg.presets.get(f"griffin-{size}")
+  h = rg.presets.get(f"hawk-{size}")
+  m = rg.presets.get(f"mqa-{size}")
   for c in (g, h, m):
     assert (c.width, c.num_layers, c.num_heads) == (width, depth, heads)
     assert c.mlp_expanded_width == 3 * width
-  assert g.lru_width_resolved == lru and g.attention_window_size == 1024
+  assert g.lru_width == lru and g.attention_window_size == 1024
   assert g.block_types == tuple((B_R, B_R, B_A)[i % 3] for i in range(depth))
   assert set(h.block_types) == {B_R}
   assert set(m.block_types) == {B_A} and m.attention_window_size is None
-  assert lru % g.lru_heads == 0
+  assert lru % g.lru_num_heads == 0
 
 
 def test_overrides_and_official_enum_names():
-  c = rg.GriffinConfig.from_preset("griffin-100m", vocab_size=256,
-                                   dtype=jnp.bfloat16)
+  c = rg.presets.get("griffin-100m", vocab_size=256, dtype=jnp.bfloat16)
   assert c.vocab_size == 256 and c.dtype == "bfloat16"
   from recurrentgemma import common
   c = c.replace(block_types=(common.TemporalBlockType.RECURRENT, "ATTENTION"))
@@ -73,10 +72,36 @@ def test_invalid_configs_name_the_field(changes, field):
     base.replace(**changes)
 
 
+def test_lru_fields_follow_width_and_heads_until_set():
+  base = rg.GriffinConfig(vocab_size=10, width=32, mlp_expanded_width=64,
+                          num_heads=4, block_types=("recurrent",))
+  assert (base.lru_width, base.lru_num_heads) == (32, 4)
+  wider = base.replace(width=64, num_heads=8)
+  assert (wider.lru_width, wider.lru_num_heads) == (64, 8)
+  set_ = base.replace(lru_width=48, lru_num_heads=2).replace(width=64)
+  assert (set_.lru_width, set_.lru_num_heads) == (48, 2)
+  # to_dict gives the fields as given: None where one follows another.
+  assert base.to_dict()["lru_width"] is None
+  assert set_.to_dict()["lru_width"] == 48
+  rebuilt = rg.GriffinConfig(**base.to_dict()).replace(width=16)
+  assert rebuilt.lru_width == 16
+  with pytest.raises(rg.ConfigError, match="num_heads: 3 must divide "
+                     "lru_width=32"):
+    base.replace(width=36, num_heads=3, lru_width=32)
+
+
+def test_remat_policies_are_the_allowed_names():
+  assert tuple(rg.config.REMAT_POLICIES) == ("none", "full", "dots",
+                                             "dots_no_batch")
+  with pytest.raises(rg.ConfigError, match=r"remat: 'some' is not one of "
+                     r"\('none', 'full', 'dots', 'dots_no_batch'\)"):
+    rg.presets.get("griffin-100m", remat="some")
+
+
 def test_unknown_preset():
   with pytest.raises(rg.ConfigError, match="unknown preset 'griffin-2b'.*"
                      "recurrentgemma-2b"):
-    rg.GriffinConfig.from_preset("griffin-2b")
+    rg.presets.get("griffin-2b")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +130,7 @@ def test_bad_inputs_get_clear_errors(tiny_model, tokens, seg, error, match):
 
 
 def test_every_parameter_has_logical_axes(tiny_model):
-  config = rg.GriffinConfig.from_preset(
+  config = rg.presets.get(
       "griffin-100m", vocab_size=32, width=32, mlp_expanded_width=64,
       num_heads=2, lru_width=32, lru_num_heads=2,
       block_types=("recurrent", "attention"),

@@ -270,7 +270,7 @@ def test_round_trip_is_bitwise(tmp_path, name):
   back = rg.from_hf(tmp_path / "ckpt")
   _assert_same_params(model, back)
   for field in ("width", "mlp_expanded_width", "num_heads",
-                "lru_width_resolved", "block_types", "attention_window_size",
+                "lru_width", "block_types", "attention_window_size",
                 "logits_soft_cap", "embeddings_scale_by_sqrt_dim",
                 "param_dtype", "vocab_size"):
     assert getattr(back.config, field) == getattr(model.config, field), field

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 import sampling_testlib as lib
-from recurrentgemma_jax import sample as cli
+from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.cli import sample as sample_cli
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import chat
 from recurrentgemma_jax.data import tokenizers
@@ -126,22 +127,27 @@ def test_chat_conversation_wraps_each_turn(tok):
   assert again.tokens == second.tokens
 
 
+def _sample(args) -> int:
+  """`recurrentgemma sample ARGS` in this process; its exit code."""
+  return common.call(sample_cli, args)
+
+
 def test_sample_cli_chat_flag(tok, monkeypatch, capsys):
   model, word, _ = _bigram_model(tok, "dog")
-  monkeypatch.setattr(cli, "load_from_args", lambda args: (model, tok))
-  assert cli.main(["--workdir", "unused", "--chat", "--prompt", "a cat",
-                   "--max_new_tokens", "8", "--json"]) == 0
+  monkeypatch.setattr(sample_cli, "load_from_args", lambda f: (model, tok))
+  assert _sample(["--workdir", "unused", "--chat", "--prompt", "a cat",
+                  "--max_new_tokens", "8", "--json"]) == 0
   record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert (record["tokens"], record["text"], record["finish_reason"]) == (
       [word], "dog", "stop")
   # Without --chat the bare prompt ends in a word the model has no
   # continuation for: it never says "dog".
-  assert cli.main(["--workdir", "unused", "--prompt", "a cat",
-                   "--max_new_tokens", "4", "--json"]) == 0
+  assert _sample(["--workdir", "unused", "--prompt", "a cat",
+                  "--max_new_tokens", "4", "--json"]) == 0
   record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert word not in record["tokens"]
-  assert cli.main(["--workdir", "unused", "--chat", "--prompt_tokens",
-                   "1,2"]) == 2
+  assert _sample(["--workdir", "unused", "--chat", "--prompt_tokens",
+                  "1,2"]) == 2
   assert "--chat wraps text prompts" in capsys.readouterr().err
 
 

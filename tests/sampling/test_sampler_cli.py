@@ -1,5 +1,5 @@
-"""`python -m recurrentgemma_jax.sample` from released-format weights and
-from a training workdir (written by the training code's Checkpointer)."""
+"""`recurrentgemma sample` from released-format weights and from a training
+workdir (written by the training code's Checkpointer)."""
 
 import json
 import os
@@ -15,8 +15,14 @@ from flax import nnx
 
 import recurrentgemma_jax as rg
 import sampling_testlib as lib
-from recurrentgemma_jax import sample as cli
+from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.cli import sample as sample_cli
 from recurrentgemma_jax.sampling import Sampler
+
+
+def _sample(args) -> int:
+  """`recurrentgemma sample ARGS` in this process; its exit code."""
+  return common.call(sample_cli, args)
 
 
 def _records(capsys):
@@ -29,7 +35,7 @@ def test_official_checkpoint(tmp_path, capsys):
   path = str(tmp_path / "ckpt")
   ocp.PyTreeCheckpointer().save(path, params)
   spm_path = lib.sentencepiece_model_path()
-  rc = cli.main([
+  rc = _sample([
       "--official", path, "--preset", "none", "--window", "8",
       "--soft_cap", "30", "--sqrt_scale", "--tokenizer", spm_path,
       "--prompt", "the cat sat", "--prompt", "a quick fox jumps over",
@@ -44,8 +50,8 @@ def test_official_checkpoint(tmp_path, capsys):
   for r, logprobs in zip(records, want.logprobs):
     np.testing.assert_allclose(r["logprobs"], logprobs, atol=1e-4)
   # A preset that does not match the checkpoint is refused with a message.
-  assert cli.main(["--official", path, "--prompt_tokens", "1,2",
-                   "--max_new_tokens", "2"]) == 1
+  assert _sample(["--official", path, "--prompt_tokens", "1,2",
+                  "--max_new_tokens", "2"]) == 1
   assert "does not match" in capsys.readouterr().err
 
 
@@ -91,20 +97,20 @@ def test_training_workdir(tmp_path, capsys):
   blocks = BLOCKS
   workdir = str(tmp_path / "run")
   model = _tiny_workdir(workdir)
-  loaded, tokenizer, step = cli.load_workdir(workdir)
+  loaded, tokenizer, step = rg.load_workdir(workdir)
   assert step == 7 and tokenizer is None
   assert loaded.config.vocab_size == 61
   for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)),
                   jax.tree.leaves(nnx.state(model, nnx.Param))):
     np.testing.assert_array_equal(a, b)
-  rc = cli.main(["--workdir", workdir, "--prompt_tokens", "5,9,17",
-                 "--max_new_tokens", "12", "--json"])
+  rc = _sample(["--workdir", workdir, "--prompt_tokens", "5,9,17",
+                "--max_new_tokens", "12", "--json"])
   assert rc == 0
   want = lib.tiny_sampler(blocks=blocks).generate([[5, 9, 17]], 12)
   assert [r["tokens"] for r in _records(capsys)] == want.tokens
   with pytest.raises(rg.ConfigError, match="not a complete checkpoint"):
-    cli.load_workdir(workdir, step=3)
-  assert cli.main(["--workdir", workdir, "--prompt", "text"]) == 1
+    rg.load_workdir(workdir, step=3)
+  assert _sample(["--workdir", workdir, "--prompt", "text"]) == 1
   assert "tokenizer" in capsys.readouterr().err
 
 
@@ -121,7 +127,7 @@ def test_stream_with_a_stop_string(tmp_path, capsys):
   assert len(stop) == 3
   want = sampler.generate(["the cat sat"], 24, stop=stop, **kw).text[0]
   assert stop not in want
-  rc = cli.main([
+  rc = _sample([
       "--official", path, "--preset", "none", "--window", "8",
       "--soft_cap", "30", "--sqrt_scale", "--tokenizer", spm_path,
       "--prompt", "the cat sat", "--max_new_tokens", "24", "--stream",
@@ -132,7 +138,7 @@ def test_stream_with_a_stop_string(tmp_path, capsys):
 
 
 def test_command_line_without_jax_platforms_is_quiet(tmp_path):
-  """`python -m recurrentgemma_jax.sample` where JAX_PLATFORMS is unset:
+  """`python -m recurrentgemma_jax sample` where JAX_PLATFORMS is unset:
   no libtpu start-up errors (the `tpu` extra is installed here) and no
   runpy warning."""
   from recurrentgemma_jax import platforms  # pylint: disable=g-import-not-at-top
@@ -146,7 +152,7 @@ def test_command_line_without_jax_platforms_is_quiet(tmp_path):
       os.path.abspath(__file__))))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   result = subprocess.run(
-      [sys.executable, "-m", "recurrentgemma_jax.sample", "--workdir",
+      [sys.executable, "-m", "recurrentgemma_jax", "sample", "--workdir",
        workdir, "--prompt_tokens", "5,9,17", "--max_new_tokens", "4"],
       env=env, cwd=root, text=True, capture_output=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

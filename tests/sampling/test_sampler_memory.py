@@ -4,23 +4,22 @@ generation length, and a 20,000-token generation runs on CPU."""
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import sampling_testlib as lib
+from recurrentgemma_jax.sampling import decode as decode_lib
 from recurrentgemma_jax.sampling import logits as logits_lib
 from recurrentgemma_jax.sampling import stopping
 
 
 def _compiled_loop(sampler, state, capacity):
-  ids, seqs = map(jnp.asarray,
-                  stopping.device_arrays(stopping.StopCriteria()))
   b = state.batch_size
+  inputs = decode_lib.DecodeInputs.create(
+      1, jax.random.split(jax.random.key(0), b), stopping.StopCriteria())
+  options = decode_lib.DecodeOptions(
+      capacity=capacity, sampling=logits_lib.SamplingMode(), sync_every=8)
   return sampler._decode[True].lower(  # pylint: disable=protected-access
-      sampler.params, state, jnp.int32(1),
-      jax.random.split(jax.random.key(0), b), jnp.int32(0), jnp.float32(1),
-      jnp.float32(1), ids, seqs, jnp.zeros((b,), bool), capacity=capacity,
-      sampling=logits_lib.SamplingMode(), sync_every=8).compile()
+      sampler.params, state, inputs, options).compile()
 
 
 def test_decode_memory_does_not_grow_with_the_generation_length():

@@ -105,11 +105,14 @@ def test_stream_stops_rows_and_continues_from_its_state():
   sampler = lib.tiny_sampler()
   free = sampler.generate(PROMPTS, 8)
   stop_token = free.tokens[0][2]
-  steps = list(sampler.stream(PROMPTS, 8, stop=stop_token))
+  stream = sampler.stream(PROMPTS, 8, stop=stop_token)
+  assert stream.state is None  # until the loop has ended
+  steps = list(stream)
+  assert list(stream) == [] and stream.state is not None  # kept when spent
   row0 = [s.tokens[0] for s in steps if s.tokens[0] is not None]
   assert row0 == free.tokens[0][:free.tokens[0].index(stop_token) + 1]
   assert steps[-1].finished[0]
-  more = sampler.generate([[1], [1], [1]], 4, state=sampler.last_state,
+  more = sampler.generate([[1], [1], [1]], 4, state=stream.state,
                           return_logits=True)
   consumed = PROMPTS[0] + row0 + [1]
   ref = lib.forward_rows(sampler.model, [consumed + more.tokens[0]])[0]

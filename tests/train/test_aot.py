@@ -91,7 +91,7 @@ def test_command_line_compile_only(tmp_path):
       "def get_config(arg=None):\n"
       "  return train_testlib.tiny_config(batch_size=8, seq_len=64)\n")
   tests = train_testlib.REPO / "tests" / "train"
-  common = ["-m", "recurrentgemma_jax.train", f"--config={config_file}",
+  common = ["-m", "recurrentgemma_jax.cli.train", f"--config={config_file}",
             f"--workdir={tmp_path / 'w'}", "--compile_only"]
   env = train_testlib.env(PYTHONPATH=f"{train_testlib.REPO}:{tests}")
   result = train_testlib.python(*common, "--topology=v5p-8", env=env,

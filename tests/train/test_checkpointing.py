@@ -49,7 +49,7 @@ def get_config(arg=None):
 
 
 def _command(config_file, workdir):
-  return [sys.executable, "-m", "recurrentgemma_jax.train",
+  return [sys.executable, "-m", "recurrentgemma_jax.cli.train",
           f"--config={config_file}", f"--workdir={workdir}"]
 
 

@@ -1,5 +1,6 @@
-"""`python -m recurrentgemma_jax.convert`: official Orbax <-> Hugging Face
-safetensors, and a training workdir's checkpoint -> either, exactly.
+"""`recurrentgemma convert` (`recurrentgemma_jax.conversion`): official Orbax
+<-> Hugging Face safetensors, and a training workdir's checkpoint -> either,
+exactly.
 
 The HF checkpoints here are written by our `to_hf` (transformers' own
 loading of them is tested in tests/model/test_hf_interop.py); every
@@ -15,7 +16,7 @@ import pytest
 from flax import nnx
 
 import recurrentgemma_jax as rg
-from recurrentgemma_jax import convert
+from recurrentgemma_jax import conversion as convert
 from recurrentgemma_jax import safetensors_io
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.training import loop
@@ -43,7 +44,7 @@ def _model(seed=0, **changes):
 
 
 def _cli(*args):
-  return train_testlib.python("-m", "recurrentgemma_jax.convert", *args,
+  return train_testlib.python("-m", "recurrentgemma_jax.cli.convert", *args,
                               timeout=300)
 
 

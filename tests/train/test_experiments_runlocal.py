@@ -26,7 +26,7 @@ from recurrentgemma_jax.training import loop
 
 import train_testlib
 
-EXPERIMENTS = sorted((train_testlib.REPO / "experiments").glob("*.py"))
+EXPERIMENTS = train_testlib.EXPERIMENTS
 MODELS = ("griffin", "hawk", "mqa")
 STEPS = 2
 

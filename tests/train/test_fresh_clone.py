@@ -92,7 +92,7 @@ def test_lm_study_runs_from_a_copy_of_the_repository(tmp_path):
   out = tmp_path / "out"
 
   # A bad argument fails before any data is prepared.
-  bad = _run(clone, home, "recurrentgemma_jax.train",
+  bad = _run(clone, home, "recurrentgemma_jax.cli.train",
              "--config=experiments/lm.py:model=griffen",
              f"--workdir={tmp_path / 'bad'}")
   assert bad.returncode == 1, bad.stderr[-2000:]
@@ -101,7 +101,7 @@ def test_lm_study_runs_from_a_copy_of_the_repository(tmp_path):
       "model='griffen' is not one of griffin, hawk, mqa"), bad.stderr
   assert not (home / "tensorflow_datasets").exists()
 
-  run = _run(clone, home, "recurrentgemma_jax.reproduce", "run",
+  run = _run(clone, home, "recurrentgemma_jax.cli.reproduce", "run",
              "--study=lm", "--models=griffin", "--size=runlocal",
              f"--outdir={out}", "--override=total_steps=2",
              "--override=warmup_steps=1", "--override=eval_every=2",
@@ -125,7 +125,7 @@ def test_lm_study_runs_from_a_copy_of_the_repository(tmp_path):
 
   lengths = json.loads((workdir / "length_eval.json").read_text())
   assert [r["seq_len"] for r in lengths["lengths"]] == [32, 64, 128, 256]
-  report = _run(clone, home, "recurrentgemma_jax.reproduce", "report",
+  report = _run(clone, home, "recurrentgemma_jax.cli.reproduce", "report",
                 f"--outdir={out}")
   assert report.returncode == 0, report.stderr[-2000:]
   summary = json.loads((out / "summary.json").read_text())

@@ -12,7 +12,7 @@ from flax import nnx
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
-from recurrentgemma_jax import reproduce
+from recurrentgemma_jax.paper import studies
 from recurrentgemma_jax.training import length_eval
 from recurrentgemma_jax.training import loop
 
@@ -210,13 +210,13 @@ def test_missing_checkpoints_fail_before_compiling(trained, tmp_path,
 
 def test_command_line(trained):
   _, workdir = trained
-  # A study's result (reproduce.py's file) that the command must leave be.
-  study = workdir / reproduce.LENGTH_EVAL_FILE
+  # A study's result (`reproduce run`'s file) that the command must leave be.
+  study = workdir / studies.LENGTH_EVAL_FILE
   study.write_text(json.dumps({"step": 4, "lengths": [], "settings": {
       "multipliers": [1, 2, 4, 8], "examples": 128, "per_position": True}}))
   before = study.read_text()
   result = train_testlib.python(
-      "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
+      "-m", "recurrentgemma_jax.cli.evaluate", f"--workdir={workdir}",
       "--length_multipliers=1,2", "--examples=8", "--per_position")
   assert result.returncode == 0, result.stderr[-2000:]
   assert study.read_text() == before
@@ -236,9 +236,9 @@ def test_command_line(trained):
 
   # Naming the study's file with other settings: a one-line error.
   clash = train_testlib.python(
-      "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
+      "-m", "recurrentgemma_jax.cli.evaluate", f"--workdir={workdir}",
       "--length_multipliers=1,2", "--examples=8",
-      f"--length_eval_file={reproduce.LENGTH_EVAL_FILE}")
+      f"--length_eval_file={studies.LENGTH_EVAL_FILE}")
   assert clash.returncode == 1 and "Traceback" not in clash.stderr
   errors = [l for l in clash.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, clash.stderr
@@ -246,7 +246,7 @@ def test_command_line(trained):
   assert study.read_text() == before
 
   bad = train_testlib.python(
-      "-m", "recurrentgemma_jax.evaluate", f"--workdir={workdir}",
+      "-m", "recurrentgemma_jax.cli.evaluate", f"--workdir={workdir}",
       "--length_multipliers=a")
   assert bad.returncode == 1
   assert "Traceback" not in bad.stderr

@@ -60,14 +60,14 @@ def test_train_logs_evaluates_checkpoints_and_resumes(tmp_path, capsys):
   assert again.step == 6 and train_testlib.losses(workdir) == losses
 
   # The command-line tools on the same workdir.
-  result = train_testlib.python("-m", "recurrentgemma_jax.evaluate",
+  result = train_testlib.python("-m", "recurrentgemma_jax.cli.evaluate",
                                 f"--workdir={workdir}", "--step=3")
   assert result.returncode == 0, result.stderr[-2000:]
   printed = json.loads(result.stdout[result.stdout.index("{"):])
   assert printed["step"] == 3 and np.isfinite(printed["eval/loss"])
   assert not re.findall(r"^I\d{4} .*", result.stderr, re.M)  # no INFO logs
   png = tmp_path / "curves.png"
-  result = train_testlib.python("-m", "recurrentgemma_jax.plot",
+  result = train_testlib.python("-m", "recurrentgemma_jax.cli.plot",
                                 str(workdir), f"--out={png}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -150,7 +150,7 @@ def test_lm_default_vocabulary_is_padded_for_sharding(tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path):
   result = train_testlib.python(
-      "-m", "recurrentgemma_jax.train",
+      "-m", "recurrentgemma_jax.cli.train",
       "--config=experiments/mqar.py:runlocal", f"--workdir={tmp_path}",
       "--config.mesh.data=3")
   assert result.returncode == 1

@@ -17,6 +17,7 @@ from flax import nnx
 import recurrentgemma_jax as rg
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.nn import logical
 from recurrentgemma_jax.nn import lora as lora_lib
 from recurrentgemma_jax.training import checkpointing
 from recurrentgemma_jax.training import config as config_lib
@@ -91,8 +92,10 @@ def test_adapters_carry_their_weights_logical_axes():
                 "lora_b": (None, "lora_rank", "mlp")}
   # A splits like the weight's input, B like its output, the rank whole.
   P = jax.sharding.PartitionSpec
-  assert sharding.logical_to_mesh(q["lora"]["lora_a"]) == P("fsdp", None)
-  assert sharding.logical_to_mesh(q["lora"]["lora_b"]) == P(None, "tensor")
+  rules = sharding.DEFAULT_RULES
+  assert logical.logical_to_mesh(q["lora"]["lora_a"], rules) == P("fsdp", None)
+  assert logical.logical_to_mesh(q["lora"]["lora_b"], rules) == P(
+      None, "tensor")
 
 
 def test_merge_equals_the_unmerged_model():
@@ -442,7 +445,8 @@ SHARDED_RUNS = textwrap.dedent("""
           "model.remat": "dots"})
       config.mesh.update(mesh)
       make = sharding.make_mesh
-      loop.sharding.make_mesh = lambda s, d=devices: make(s, jax.devices()[:d])
+      loop.sharding.make_mesh = (
+          lambda s, _=None, n=devices: make(s, jax.devices()[:n]))
       workdir = f"{sys.argv[1]}/{name}"
       loop.train(config, workdir)
       exp = loop.setup(config, workdir, read_only=True)

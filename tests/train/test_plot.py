@@ -1,4 +1,5 @@
-"""`recurrentgemma_jax.plot`: damaged metrics files, single points, chance."""
+"""`recurrentgemma_jax.plotting` and `recurrentgemma plot`: damaged metrics
+files, single points, chance."""
 
 import json
 
@@ -6,7 +7,10 @@ import numpy as np
 import pytest
 from matplotlib import pyplot as plt
 
-from recurrentgemma_jax import plot
+import recurrentgemma_jax as rg
+from recurrentgemma_jax import plotting as plot
+from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.cli import plot as plot_cli
 
 
 def _workdir(path, lines, config=None):
@@ -74,7 +78,13 @@ def test_no_chance_line_without_a_known_task(tmp_path):
 
 def test_a_metrics_folder_is_a_one_line_error(tmp_path, capsys):
   (tmp_path / "run" / "metrics.jsonl").mkdir(parents=True)
-  with pytest.raises(SystemExit) as stopped:
-    plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
-  assert stopped.value.code == 1
+  assert common.call(plot_cli, [str(tmp_path / "run"), "--out",
+                                str(tmp_path / "c.png")]) == 1
   assert "metrics.jsonl is a folder" in capsys.readouterr().err
+  assert common.call(plot_cli, ["--out=c.png"]) == 2  # no workdir
+  assert capsys.readouterr().err == (
+      "error: give one or more training workdirs\n")
+
+
+def test_plot_metrics_is_the_library_plot():
+  assert rg.plot_metrics is plot.plot

@@ -1,6 +1,7 @@
-"""The paper-reproduction orchestrator (`reproduce.py`) and its report
-(`results.py`): commands, argument errors, a tiny end-to-end study, the
-figures and tables, and stopping / resuming with SIGTERM."""
+"""The paper-reproduction tools (`recurrentgemma reproduce`, over
+`recurrentgemma_jax.paper`: studies, runner, report): commands, argument
+errors, a tiny end-to-end study, the figures and tables, and stopping /
+resuming with SIGTERM."""
 
 import json
 import math
@@ -13,14 +14,22 @@ import time
 
 import pytest
 
-from recurrentgemma_jax import reproduce
-from recurrentgemma_jax import results
+from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.cli import reproduce as reproduce_cli
+from recurrentgemma_jax.paper import report
+from recurrentgemma_jax.paper import runner
+from recurrentgemma_jax.paper import studies
 from recurrentgemma_jax.training import checkpointing
 
 import train_testlib
 
 REPO = str(train_testlib.REPO)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _reproduce(args) -> int:
+  """`recurrentgemma reproduce ARGS` in this process; its exit code."""
+  return common.call(reproduce_cli, args)
 
 
 def _load_config(flag: str):
@@ -32,7 +41,7 @@ def _load_config(flag: str):
 
 @pytest.fixture
 def keep_signal_handlers():
-  """`reproduce.main(["run", ...])` installs SIGTERM / SIGINT handlers."""
+  """`reproduce run` installs SIGTERM / SIGINT handlers."""
   saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   yield
   for s, handler in saved.items():
@@ -40,13 +49,13 @@ def keep_signal_handlers():
 
 
 def test_train_and_eval_commands():
-  job = reproduce.Job("selective_copy", "hawk", 3, "/out/sc/hawk_s3")
+  job = studies.Job("selective_copy", "hawk", 3, "/out/sc/hawk_s3")
   overrides = ["total_steps=5", "lm:total_steps=7",
                "selective_copy:eval_every=2", "data.files=/a:b"]
-  cmd = reproduce.train_command(job, "runlocal", overrides,
+  cmd = studies.train_command(job, "runlocal", overrides,
                                 {"lm": "files=/x.txt"})
   assert cmd == [
-      sys.executable, "-m", "recurrentgemma_jax.train",
+      sys.executable, "-m", "recurrentgemma_jax.cli.train",
       f"--config={REPO}/experiments/selective_copy.py:model=hawk,runlocal",
       "--config.seed=3", "--workdir=/out/sc/hawk_s3",
       "--config.total_steps=5",  # every study
@@ -54,40 +63,40 @@ def test_train_and_eval_commands():
       "--config.data.files=/a:b",  # a ':' in the value is no study prefix
   ]
   assert _load_config(cmd[3]).seq_len == 64  # the runlocal size
-  paper = reproduce.train_command(job, "paper", [], {})
+  paper = studies.train_command(job, "paper", [], {})
   assert paper[3].endswith("selective_copy.py:model=hawk")
   assert _load_config(paper[3]).seq_len == 1024
 
-  lm = reproduce.Job("lm", "mqa", 0, "/out/lm/mqa_s0")
-  cmd = reproduce.train_command(lm, "paper", overrides,
+  lm = studies.Job("lm", "mqa", 0, "/out/lm/mqa_s0")
+  cmd = studies.train_command(lm, "paper", overrides,
                                 {"lm": "files=/x.txt",
                                  "mqar": "model=griffin"})
   assert cmd[3] == (f"--config={REPO}/experiments/lm.py:"
                     "model=mqa,size=small,files=/x.txt")
   assert cmd[6:] == ["--config.total_steps=5", "--config.total_steps=7",
                      "--config.data.files=/a:b"]
-  small = _load_config(reproduce.config_flag(reproduce.STUDIES["lm"], "mqa",
+  small = _load_config(studies.config_flag(studies.STUDIES["lm"], "mqa",
                                              "paper"))
   assert (small.seq_len, small.model.width, small.model.kind) == (
       512, 256, "mqa")
-  runlocal = reproduce.config_flag(reproduce.STUDIES["lm"], "hawk",
+  runlocal = studies.config_flag(studies.STUDIES["lm"], "hawk",
                                    "runlocal", "tokenizer=bytes")
   assert runlocal.endswith("lm.py:model=hawk,runlocal,tokenizer=bytes")
   assert _load_config(runlocal).seq_len == 256
 
   # The study's own result file, the one `report` reads.
-  assert reproduce.eval_command(job, "runlocal") == [
-      sys.executable, "-m", "recurrentgemma_jax.evaluate",
+  assert studies.eval_command(job, "runlocal") == [
+      sys.executable, "-m", "recurrentgemma_jax.cli.evaluate",
       "--workdir=/out/sc/hawk_s3", "--length_multipliers=1",
       "--examples=128", "--length_eval_file=length_eval.json"]
-  induction = reproduce.Job("induction_heads", "griffin", 0, "/w")
-  assert reproduce.eval_command(induction, "paper")[4:] == [
+  induction = studies.Job("induction_heads", "griffin", 0, "/w")
+  assert studies.eval_command(induction, "paper")[4:] == [
       "--length_multipliers=1,2,4,8,16,32,64", "--examples=512",
       "--length_eval_file=length_eval.json"]
-  assert reproduce.eval_command(lm, "paper")[4:] == [
+  assert studies.eval_command(lm, "paper")[4:] == [
       "--length_multipliers=1,2,4,8", "--examples=4096",
       "--length_eval_file=length_eval.json", "--per_position"]
-  assert reproduce.eval_command(lm, "runlocal")[5:] == [
+  assert studies.eval_command(lm, "runlocal")[5:] == [
       "--examples=128", "--length_eval_file=length_eval.json",
       "--per_position"]
 
@@ -106,21 +115,30 @@ def test_train_and_eval_commands():
 def test_argument_errors(tmp_path, args, message, keep_signal_handlers):
   out = tmp_path / "out"
   with pytest.raises(SystemExit) as e:
-    reproduce.main(["run", "--outdir", str(out), *args])
+    _reproduce(["run", "--outdir", str(out), *args])
   assert str(e.value).startswith("error: ") and message in str(e.value)
   assert not out.exists()  # nothing ran
 
 
 def test_parser_errors(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    reproduce.main(["run", "--outdir", str(tmp_path), "--jobs_per_device=0"])
-  assert e.value.code == 2
-  assert "--jobs_per_device must be >= 1" in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    reproduce.main(["report"])
-  assert "--outdir" in capsys.readouterr().err
-  with pytest.raises(SystemExit, match="no finished runs under"):
-    reproduce.main(["report", "--outdir", str(tmp_path)])
+    _reproduce(["run", "--outdir", str(tmp_path), "--jobs_per_device=0"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == ("error: flag --jobs_per_device=0: 0 is "
+                                     "not a positive integer\n")
+  assert _reproduce(["report"]) == 2
+  assert capsys.readouterr().err == "error: report needs --outdir\n"
+  assert _reproduce(["report", "--outdir", str(tmp_path)]) == 1
+  assert capsys.readouterr().err == (
+      f"error: no finished runs under {tmp_path}\n")
+  # Each action takes its own flags; no action, or two, is an error.
+  assert _reproduce(["report", "--outdir", str(tmp_path), "--seeds=1"]) == 2
+  assert "--seeds not allowed with report" in capsys.readouterr().err
+  assert _reproduce(["run", "--outdir", str(tmp_path), "--figures=f"]) == 2
+  assert "--figures not allowed with run" in capsys.readouterr().err
+  for args in ([], ["plot"], ["run", "report"]):
+    assert _reproduce([*args, "--outdir", str(tmp_path)]) == 2
+    assert "give one action, run or report" in capsys.readouterr().err
 
 
 def _records(workdir):
@@ -146,7 +164,7 @@ RUN = ["run", "--study=selective_copy", "--models=hawk,mqa", "--seeds=0",
 
 def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
   out = tmp_path / "out"
-  assert reproduce.main([*RUN, "--outdir", str(out)]) == 0
+  assert _reproduce([*RUN, "--outdir", str(out)]) == 0
   printed = capsys.readouterr().out
   assert f"2 runs on 2 slots (cpu x 2) -> {out}" in printed
   for model in ("hawk", "mqa"):
@@ -163,7 +181,7 @@ def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
     assert record["train_done"] and record["eval_done"]
     assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
     assert record["train_command"].startswith(
-        "python -m recurrentgemma_jax.train --config=experiments/"
+        "python -m recurrentgemma_jax.cli.train --config=experiments/"
         f"selective_copy.py:model={model},runlocal --config.seed=0 ")
     assert "--config.total_steps=6" in record["train_command"]
     assert record["eval_command"].endswith(
@@ -193,14 +211,14 @@ def test_run_rerun_and_report(tmp_path, capsys, keep_signal_handlers):
   # Running again: every run is done, nothing is started or rewritten.
   before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
   start = time.perf_counter()
-  assert reproduce.main([*RUN, "--outdir", str(out)]) == 0
+  assert _reproduce([*RUN, "--outdir", str(out)]) == 0
   assert time.perf_counter() - start < 10
   assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
   assert capsys.readouterr().out.count(": done (train") == 2
 
   # The report.
   figures = tmp_path / "figures"
-  assert reproduce.main(["report", "--outdir", str(out),
+  assert _reproduce(["report", "--outdir", str(out),
                          "--figures", str(figures)]) == 0
   png = figures / "selective_copy_training.png"
   data = png.read_bytes()
@@ -232,14 +250,14 @@ def test_a_failed_run_prints_the_end_of_its_log(tmp_path, capsys,
                                                keep_signal_handlers):
   out = tmp_path / "out"
   missing = tmp_path / "no_such_corpus.txt"
-  assert reproduce.main([
+  assert _reproduce([
       "run", "--study=lm", "--models=hawk", "--size=runlocal",
       "--outdir", str(out), f"--config_arg=lm:files={missing}"]) == 1
   printed = capsys.readouterr().out.splitlines()
   (status,) = [i for i, line in enumerate(printed)
                if "lm hawk seed 0: failed" in line]
   tail = printed[status + 1:]
-  assert 1 <= len(tail) <= reproduce.LOG_TAIL_LINES
+  assert 1 <= len(tail) <= runner.LOG_TAIL_LINES
   assert all(line.startswith("    ") for line in tail)
   # The error itself, which says how to name the text.
   assert tail[-1] == (f"    error: data.files: no file matches "
@@ -255,8 +273,8 @@ def test_a_failed_run_prints_the_end_of_its_log(tmp_path, capsys,
 def test_log_tail(tmp_path):
   log = tmp_path / "log.txt"
   log.write_text("".join(f"line {i}\n\n" for i in range(30)))
-  assert reproduce.log_tail(str(log), 3) == ["line 27", "line 28", "line 29"]
-  assert reproduce.log_tail(str(tmp_path / "none.txt"))[0].startswith(
+  assert runner.log_tail(str(log), 3) == ["line 27", "line 28", "line 29"]
+  assert runner.log_tail(str(tmp_path / "none.txt"))[0].startswith(
       "(no log: ")
 
 
@@ -266,7 +284,7 @@ def test_run_restores_signal_handlers(tmp_path, keep_signal_handlers):
   (workdir / "run.json").write_text(json.dumps(
       {"status": "done", "train_seconds": 1.0, "eval_seconds": 1.0}))
   before = signal.getsignal(signal.SIGINT)
-  assert reproduce.main(["run", "--study=selective_copy", "--models=hawk",
+  assert _reproduce(["run", "--study=selective_copy", "--models=hawk",
                          "--outdir", str(tmp_path)]) == 0  # nothing to do
   assert signal.getsignal(signal.SIGINT) is before
 
@@ -295,7 +313,7 @@ def test_report_of_several_seeds_and_lengths(tmp_path, capsys):
   _fake_run(tmp_path, "griffin", 0, {10: 2.5, 20: 2.0}, {1: 2.0, 2: 2.2})
   _fake_run(tmp_path, "griffin", 1, {10: 2.7, 20: 1.8}, {1: 1.8, 2: 2.4})
   _fake_run(tmp_path, "hawk", 0, {10: 3.0, 20: 2.6}, {1: 2.6})
-  text = results.write_report(str(tmp_path), str(tmp_path / "fig"))
+  text = report.write_report(str(tmp_path), str(tmp_path / "fig"))
   for name in ("lm_training.png", "lm_lengths.png", "lm_positions.png",
                "lm_positions_by_length.png"):
     assert (tmp_path / "fig" / name).read_bytes()[:8] == PNG_MAGIC
@@ -318,7 +336,7 @@ def test_seeds_pool_position_by_position_weighted_by_tokens():
            "per_position_tokens": [1, 0, 2]},
           {"per_position_loss": [2.0, 4.0, None, 9.0],
            "per_position_tokens": [3, 1, 0, 5]}]
-  pooled = results._pool_positions(rows)  # pylint: disable=protected-access
+  pooled = report._pool_positions(rows)  # pylint: disable=protected-access
   assert pooled["per_position_tokens"] == [4, 1, 2]  # the common prefix
   assert pooled["per_position_loss"] == pytest.approx(
       [(1.0 * 1 + 2.0 * 3) / 4, 4.0, 3.0])
@@ -328,20 +346,20 @@ def test_smoothed_positions_are_token_weighted_bin_means():
   # 8 positions, 3 log-spaced bins: [0, 2), [2, 4), [4, 8).
   row = {"per_position_loss": [1.0, None, 2.0, 4.0, None, 3.0, 1.0, 5.0],
          "per_position_tokens": [2, 0, 1, 3, 0, 1, 1, 0]}
-  xs, ys = results.smoothed_positions(row, bins=3)
+  xs, ys = report.smoothed_positions(row, bins=3)
   assert xs == [1.5, 3.5, 6.5]  # bin centres, 1-based positions
   assert ys == pytest.approx([1.0, (2 * 1 + 4 * 3) / 4, (3 + 1) / 2])
   # A bin without scored tokens is left out.
   row = {"per_position_loss": [1.0, 3.0, None, None, 2.0, 2.0, 2.0, 2.0],
          "per_position_tokens": [1, 3, 0, 0, 1, 1, 1, 1]}
-  xs, ys = results.smoothed_positions(row, bins=3)
+  xs, ys = report.smoothed_positions(row, bins=3)
   assert xs == [1.5, 6.5]
   assert ys == pytest.approx([(1 + 9) / 4, 2.0])
   # The default 48 bins over 2048 positions: increasing centres, and a
   # constant loss stays constant.
   row = {"per_position_loss": [0.5] * 2048,
          "per_position_tokens": [3.0] * 2048}
-  xs, ys = results.smoothed_positions(row)
+  xs, ys = report.smoothed_positions(row)
   assert xs[0] == 1.0 and xs == sorted(set(xs)) and len(xs) <= 48
   assert xs[-1] > 1024 and ys == pytest.approx([0.5] * len(xs))
 
@@ -363,7 +381,7 @@ def test_sigterm_stops_runs_at_a_checkpoint_and_run_resumes(tmp_path):
   out = tmp_path / "out"
   workdir = out / "selective_copy" / "hawk_s0"
   log = workdir / "log.txt"
-  command = [sys.executable, "-m", "recurrentgemma_jax.reproduce", "run",
+  command = [sys.executable, "-m", "recurrentgemma_jax.cli.reproduce", "run",
              "--study=selective_copy", "--models=hawk", "--seeds=0",
              "--size=runlocal", f"--outdir={out}",
              "--override=total_steps=400", "--override=checkpoint_every=1000",

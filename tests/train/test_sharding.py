@@ -13,9 +13,12 @@ from jax.sharding import PartitionSpec as P
 from recurrentgemma_jax import sharding
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.model import Griffin
+from recurrentgemma_jax.nn import logical
 from recurrentgemma_jax.training import config as config_lib
 
 import train_testlib
+
+RULES = sharding.DEFAULT_RULES
 
 
 def test_mesh_shape_resolves_the_free_axis():
@@ -37,19 +40,20 @@ def test_mesh_shape_errors(sizes, match):
 
 
 def test_logical_to_mesh_rules():
-  assert sharding.logical_to_mesh(("vocab", "embed")) == P("tensor", "fsdp")
-  assert sharding.logical_to_mesh(("batch", "length")) == P(
+  assert logical.logical_to_mesh(("vocab", "embed"), RULES) == P(
+      "tensor", "fsdp")
+  assert logical.logical_to_mesh(("batch", "length"), RULES) == P(
       ("data", "fsdp"), "sequence")
-  assert sharding.logical_to_mesh(("norm",)) == P(None)
+  assert logical.logical_to_mesh(("norm",), RULES) == P(None)
   # Activations: rows over data x fsdp, time over sequence, width whole.
-  assert sharding.logical_to_mesh(sharding.RESIDUAL_AXES) == P(
+  assert logical.logical_to_mesh(logical.RESIDUAL_AXES, RULES) == P(
       ("data", "fsdp"), "sequence", None)
-  assert sharding.logical_to_mesh(sharding.LOGITS_AXES) == P(
+  assert logical.logical_to_mesh(logical.LOGITS_AXES, RULES) == P(
       ("data", "fsdp"), "sequence", "tensor")
   # A mesh axis is used once per array: the second "mlp" stays replicated.
-  assert sharding.logical_to_mesh(("mlp", "mlp")) == P("tensor", None)
+  assert logical.logical_to_mesh(("mlp", "mlp"), RULES) == P("tensor", None)
   with pytest.raises(ConfigError, match="no rule"):
-    sharding.logical_to_mesh(("nope",))
+    logical.logical_to_mesh(("nope",), RULES)
 
 
 def _abstract(config):
@@ -101,7 +105,8 @@ PARALLEL_RUNS = textwrap.dedent("""
                                        "model.lru_num_heads": 4})
       config.mesh.update(mesh)
       make = sharding.make_mesh
-      loop.sharding.make_mesh = lambda s, d=devices: make(s, jax.devices()[:d])
+      loop.sharding.make_mesh = (
+          lambda s, _=None, n=devices: make(s, jax.devices()[:n]))
       workdir = f"{sys.argv[2]}/{name}"
       loop.train(config, workdir)
       loop.sharding.make_mesh = make
@@ -163,35 +168,25 @@ def test_same_losses_with_sequence_parallelism(tmp_path):
 
 FULL_BATCH_COLLECTIVES = textwrap.dedent("""
     import json, re, sys
-    import jax, jax.numpy as jnp
-    from recurrentgemma_jax import sharding
+    from recurrentgemma_jax.nn import logical
+    from recurrentgemma_jax.training import aot
     from recurrentgemma_jax.training import config as config_lib
     from recurrentgemma_jax.training import loop
-    from recurrentgemma_jax.training import optimizer as optimizer_lib
-    from recurrentgemma_jax.training import state as state_lib
     import train_testlib
 
     B, T = 8, 40  # T = 40: no parameter has a dimension pair (8, 40)
     if sys.argv[1] == "off":  # the model as before the constraints
-      sharding.constrain = lambda x, axes: x
+      logical.constrain = lambda x, axes: x
     config = config_lib.validate(train_testlib.tiny_config(
         batch_size=B, seq_len=T, **{"model.num_heads": 4,
                                     "model.lru_num_heads": 4,
                                     "model.vocab_size": 512}))
     config.unlock()
     config.mesh.update(data=1, fsdp=8)
-    mesh = sharding.make_mesh(config.mesh)
-    model = config_lib.build_model_config(config.model)
-    tx = optimizer_lib.make_optimizer(config)
-    spec = state_lib.state_spec(model, tx, mesh)
-    rows = sharding.batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((B, T), d, sharding=rows)
-             for k, d in (("inputs", jnp.int32), ("targets", jnp.int32),
-                          ("segment_pos", jnp.int32), ("mask", jnp.float32))}
-    step = loop.jit_train_step(config, spec, tx,
-                               optimizer_lib.learning_rate_schedule(config),
-                               mesh, rows)
-    hlo = step.lower(spec.abstract, batch).compile().as_text()
+    program = loop.build_program(config, loop.experiment_mesh(config),
+                                 config_lib.build_model_config(config.model))
+    hlo = loop.jit_train_step(program).lower(
+        program.spec.abstract, aot.abstract_batch(program)).compile().as_text()
     # Collectives moving a float activation of the whole global batch.
     found = re.findall(
         r"= (?:f32|bf16)\\[(?:\\d+,)*8,40(?:,\\d+)*\\][^ ]* "

@@ -1,29 +1,34 @@
 """Experiment config schema, argument parsing and model-config building."""
 
+import dataclasses
+import subprocess
+import sys
 
 import pytest
 
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.training import config as config_lib
 
 import train_testlib
 
-EXPERIMENTS = sorted((train_testlib.REPO / "experiments").glob("*.py"))
+EXPERIMENTS = train_testlib.EXPERIMENTS
 
 
 _load = train_testlib.load_experiment
+common = _load("common")  # experiments/common.py
 
 
 def test_parse_arg_types_and_unknown_keys():
-  arg = config_lib.parse_arg("runlocal,model=hawk,steps=5", runlocal=False,
-                             model="griffin", steps=1)
+  arg = common.parse_arg("runlocal,model=hawk,steps=5", runlocal=False,
+                         model="griffin", steps=1)
   assert (arg.runlocal, arg.model, arg.steps) == (True, "hawk", 5)
-  assert config_lib.parse_arg("", runlocal=False).runlocal is False
+  assert common.parse_arg("", runlocal=False).runlocal is False
   with pytest.raises(ConfigError, match="unknown"):
-    config_lib.parse_arg("nope=1", runlocal=False)
+    common.parse_arg("nope=1", runlocal=False)
   with pytest.raises(ConfigError, match="expected int"):
-    config_lib.parse_arg("steps=x", steps=1)
+    common.parse_arg("steps=x", steps=1)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -38,7 +43,7 @@ def test_every_experiment_validates(path, arg):
                 "keep_checkpoints", "seed", "model", "mesh"):
     assert field in config
   doc = module.__doc__
-  assert "python -m recurrentgemma_jax.train" in doc
+  assert "recurrentgemma train" in doc
   assert "Expected" in doc and "Runtime" in doc
 
 
@@ -107,10 +112,44 @@ def test_build_model_config_from_preset_and_from_scratch():
         config_lib.model_config("", kind="hawk"), vocab_size=16)
 
 
+def test_every_model_field_is_set_from_the_model_section():
+  fields = {f.name for f in dataclasses.fields(GriffinConfig)}
+  assert fields == {*config_lib.MODEL_OVERRIDES, *config_lib.COMPUTE_FIELDS,
+                    "block_types"}
+  values = dict(vocab_size=40, width=48, mlp_expanded_width=96, num_heads=4,
+                attention_window_size=7, logits_soft_cap=5.0,
+                embeddings_scale_by_sqrt_dim=True, lru_width=64,
+                lru_num_heads=8, conv1d_temporal_width=3)
+  assert set(values) == set(config_lib.MODEL_OVERRIDES)
+  for name, value in values.items():  # the section's types take them
+    assert type(value) is config_lib.MODEL_OVERRIDES[name], name
+  model = config_lib.build_model_config(
+      config_lib.model_config("", kind="griffin", depth=3, **values))
+  assert {k: getattr(model, k) for k in values} == values
+
+
+def test_experiment_files_load_by_path_from_any_directory(tmp_path):
+  # As `--config=/path/to/experiments/x.py` loads them: by path, from a
+  # directory where neither `experiments` nor the repository is importable.
+  script = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('cfg', "
+            "sys.argv[1])\n"
+            "module = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
+            "print(module.get_config('runlocal').data.task)\n")
+  env = {k: v for k, v in train_testlib.env().items() if k != "PYTHONPATH"}
+  result = subprocess.run(
+      [sys.executable, "-c", script,
+       str(train_testlib.REPO / "experiments" / "mqar.py")],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "mqar"
+
+
 def test_config_file_flags_override_and_reject(tmp_path):
   """The CLI: --config.field overrides; unknown fields and bad types fail
   at flag parsing with a one-line message."""
-  common = ["-m", "recurrentgemma_jax.train",
+  common = ["-m", "recurrentgemma_jax.cli.train",
             "--config=experiments/mqar.py:runlocal",
             f"--workdir={tmp_path}"]
   result = train_testlib.python(*common, "--config.bogus_field=1")

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.path import atomicity
 
-from recurrentgemma_jax import sample
+from recurrentgemma_jax import loading
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.training import checkpointing
 from recurrentgemma_jax.training import loop
@@ -106,7 +106,7 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(run,
     config_file.write_text(CONFIG_FILE)
     tests = train_testlib.REPO / "tests" / "train"
     result = train_testlib.python(
-        "-m", "recurrentgemma_jax.train", f"--config={config_file}",
+        "-m", "recurrentgemma_jax.cli.train", f"--config={config_file}",
         f"--workdir={run}", "--config.total_steps=12",
         env=train_testlib.env(PYTHONPATH=f"{train_testlib.REPO}:{tests}"))
     assert result.returncode == 1, result.stderr[-2000:]
@@ -354,7 +354,7 @@ def test_evaluate_and_load_workdir_only_read(run, tmp_path):
   (writing / "partial").write_text("...")
   before = _snapshot(run / "checkpoints")
   assert loop.evaluate(_config(), str(run))["step"] == 9
-  _, _, step = sample.load_workdir(str(run))
+  _, _, step = loading.load_workdir(str(run))
   assert step == 9
   assert _snapshot(run / "checkpoints") == before
   missing = tmp_path / "missing"
@@ -370,7 +370,7 @@ def test_evaluate_and_load_workdir_only_read(run, tmp_path):
   with pytest.raises(ConfigError, match=damaged):
     loop.evaluate(_config(), str(run))
   with pytest.raises(ConfigError, match=damaged):
-    sample.load_workdir(str(run))
+    loading.load_workdir(str(run))
 
 
 def test_an_eval_split_smaller_than_a_batch_fails_at_setup(tmp_path):

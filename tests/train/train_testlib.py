@@ -13,6 +13,9 @@ import sys
 from recurrentgemma_jax.training import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# The experiment files (`experiments/common.py` holds their shared recipes).
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.py")
+                     if p.name != "common.py")
 # The words of `sample_text`, with the characters of "To be, or not to be".
 _WORDS = ("to be or not that is the question whether tis nobler in mind "
           "suffer slings and arrows of outrageous fortune take arms against "

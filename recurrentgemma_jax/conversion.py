@@ -1,41 +1,32 @@
-r"""Convert RecurrentGemma weights between layouts (command-line entry point).
+r"""Conversion of RecurrentGemma weights between layouts, checked by
+reading every parameter back (`recurrentgemma convert` is its command line).
 
-    python -m recurrentgemma_jax.convert --from=hf --to=official \
-        --src=/ckpts/recurrentgemma-2b-hf --dst=/tmp/2b_orbax
-    python -m recurrentgemma_jax.convert --from=official --to=hf \
-        --src=/ckpts/2b --dst=/tmp/2b_hf [--preset=recurrentgemma-2b]
-    python -m recurrentgemma_jax.convert --from=workdir --to=hf \
-        --src=/tmp/rg2b_python --dst=/tmp/finetuned_hf [--step=N]
+    convert("hf", "official", "/ckpts/recurrentgemma-2b-hf", "/tmp/2b_orbax")
+    convert("workdir", "hf", "/tmp/rg2b_python", "/tmp/finetuned_hf", step=N)
 
 Layouts:
 - official: an Orbax PyTree of the official parameter tree (the Kaggle Flax
   weights). It holds no config: the window, soft cap and embedding scaling
-  come from --preset (default recurrentgemma-2b), or give --preset= and
-  --attention_window_size, --logits_soft_cap, --embeddings_scale_by_sqrt_dim.
+  come from `preset` (default recurrentgemma-2b), or give preset=None and
+  attention_window_size, logits_soft_cap, embeddings_scale_by_sqrt_dim.
 - hf: a transformers `RecurrentGemmaForCausalLM` folder (config.json and
-  safetensors, sharded above --max_shard_size); see `recurrentgemma_jax.hf`
+  safetensors, sharded above `max_shard_size`); see `recurrentgemma_jax.hf`
   for the conventions (its window is ours plus one).
-- workdir: a training workdir's newest complete checkpoint (or --step); a
+- workdir: a training workdir's newest complete checkpoint (or `step`); a
   source only: a run starts from weights through `init_from.checkpoint` or
   `init_from.hf`.
 
-The stored dtype is kept unless --dtype says otherwise. Nothing is written
-over an existing checkpoint without --overwrite. Every conversion is read
+The stored dtype is kept unless `dtype` says otherwise. Nothing is written
+over an existing checkpoint without `overwrite`. Every conversion is read
 back and each parameter compared (name, shape, dtype, values) with what was
-meant to be written; any difference is an error.
+meant to be written; any difference is an error. Errors name the command
+line's flags (`--src`, `--preset=`, ...), which are the arguments' names.
 """
-
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
-
-from recurrentgemma_jax import platforms
 from recurrentgemma_jax.config import ConfigError
 
 SOURCES = ("official", "hf", "workdir")
@@ -59,17 +50,6 @@ def detect_layout(path: str) -> str | None:
   return None
 
 
-def _official_dtype(path: str) -> str:
-  """The dtype of an official checkpoint's parameters (float32 if mixed)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
-  names = {str(m.dtype) for m in jax.tree.leaves(tree)}
-  return names.pop() if len(names) == 1 and names <= set(DTYPES) else (
-      "float32")
-
-
 def _hypers(preset: str | None, given: dict[str, Any]) -> dict[str, Any]:
   """Window, soft cap and scaling for an official checkpoint."""
   if preset:
@@ -86,9 +66,11 @@ def _hypers(preset: str | None, given: dict[str, Any]) -> dict[str, Any]:
 def load(layout: str, src: str, *, preset: str | None = "recurrentgemma-2b",
          step: int | None = None, **hypers):
   """The model stored at `src` in `layout` (its stored dtype kept)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   from recurrentgemma_jax import hf  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax import loading  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax import official  # pylint: disable=g-import-not-at-top
-  from recurrentgemma_jax import sample  # pylint: disable=g-import-not-at-top
 
   if layout not in SOURCES:
     raise ConfigError(f"--from={layout!r} is not one of {', '.join(SOURCES)}")
@@ -103,9 +85,10 @@ def load(layout: str, src: str, *, preset: str | None = "recurrentgemma-2b",
     if layout == "hf":
       return hf.from_hf(src)
     if layout == "workdir":
-      return sample.load_workdir(src, step)[0]
+      return loading.load_workdir(src, step)[0]
+    stored = ocp.PyTreeCheckpointer().metadata(src).item_metadata.tree
     return official.load_official_checkpoint(
-        src, preset or None, param_dtype=_official_dtype(src),
+        src, preset or None, param_dtype=hf.stored_dtype(stored),
         **_hypers(preset, dict(zip(HYPERS, (hypers.get(k) for k in HYPERS)))))
   except FileNotFoundError as e:
     raise ConfigError(f"--src: {e}") from None
@@ -219,54 +202,3 @@ def convert(src_layout: str, dst_layout: str, src: str, dst: str, *,
             " (official checkpoints hold no config)")
   return (f"converted {src_layout} {src} -> {dst_layout} {dst}: {count:,} "
           f"parameters in {dtype}, read back and equal{note}")
-
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file
-  try:
-    summary = convert(
-        f["from"].value, f.to, f.src, f.dst, preset=f.preset or None,
-        step=f.step, dtype=f.dtype, max_shard_size=f.max_shard_size,
-        overwrite=f.overwrite,
-        **{k: f[k].value for k in HYPERS})
-  except (ConfigError, ValueError) as e:  # ConfigError is a ValueError
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(summary)
-
-
-if __name__ == "__main__":
-  platforms.skip_absent_tpu()
-  # pylint: disable-next=g-import-not-at-top
-  from recurrentgemma_jax.training import cli
-
-  flags.DEFINE_enum("from", None, list(SOURCES), "Layout of --src.")
-  flags.DEFINE_enum("to", None, list(TARGETS),
-                    "Layout of --dst (a workdir is a source only).")
-  flags.DEFINE_string("src", None, "The folder to read.")
-  flags.DEFINE_string("dst", None, "The folder to write.")
-  flags.DEFINE_string(
-      "preset", "recurrentgemma-2b",
-      "--from=official: the preset whose window, soft cap and embedding "
-      "scaling apply (empty: give --attention_window_size, "
-      "--logits_soft_cap and --embeddings_scale_by_sqrt_dim).")
-  flags.DEFINE_integer("attention_window_size", None,
-                       "--from=official: our window (0: global attention).")
-  flags.DEFINE_float("logits_soft_cap", None,
-                     "--from=official: the logits soft cap (0: none).")
-  flags.DEFINE_bool("embeddings_scale_by_sqrt_dim", None,
-                    "--from=official: scale embeddings by sqrt(width).")
-  flags.DEFINE_integer("step", None,
-                       "--from=workdir: checkpoint step (default: newest).")
-  flags.DEFINE_enum("dtype", None, list(DTYPES),
-                    "Stored dtype of --dst (default: that of --src).")
-  flags.DEFINE_string("max_shard_size", "5GB",
-                      "--to=hf: bytes per safetensors file (e.g. 500MB).")
-  flags.DEFINE_bool("overwrite", False,
-                    "Replace a checkpoint already in --dst.")
-  flags.mark_flags_as_required(["from", "to", "src", "dst"])
-  app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,7 @@
 """gcloud command lines for Cloud TPU VMs (pure functions, no side effects).
 
-Every builder returns argv lists; `launch/tpu.py` prints or runs them. Keeping
+Every builder returns argv lists; `recurrentgemma launch-tpu` (also
+`launch/tpu.py`) prints or runs them. Keeping
 them pure lets tests check exactly what a launch would do. Every value that
 ends up in a remote shell command is validated (`check_run_name`) and
 quoted with `shlex.quote`.
@@ -29,7 +30,7 @@ WORKER = re.compile(r"all|\d+(,\d+)*")
 REMOTE_DIR = "$HOME/recurrentgemma_jax"
 LOG_DIR = "$HOME/rg_logs"
 VENV = "$HOME/rg_venv"
-TRAINER = "recurrentgemma_jax.train"
+TRAINER = "recurrentgemma_jax.cli.train"
 
 
 class LaunchError(ValueError):
@@ -177,7 +178,7 @@ def setup(target: Target, source: str, package: str | None) -> list[list[str]]:
 def run(
     target: Target, run_name: str, workdir: str, train_args: list[str]
 ) -> list[list[str]]:
-  """Starts `python -m recurrentgemma_jax.train` on all workers at once.
+  """Starts `python -m recurrentgemma_jax.cli.train` on all workers at once.
 
   Every worker runs the same program (JAX finds its peers on a TPU VM). The
   process is detached with nohup so that closing ssh does not stop it; its

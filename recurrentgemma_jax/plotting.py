@@ -1,6 +1,8 @@
-"""Draw loss and accuracy curves of one or more runs into a PNG.
+"""Loss and accuracy curves of one or more runs, drawn into a PNG
+(`recurrentgemma plot` is its command line; `recurrentgemma_jax.plot_metrics`
+is `plot`).
 
-    python -m recurrentgemma_jax.plot WORKDIR [WORKDIR ...] [--out=curves.png]
+    plot(["/tmp/sc_hawk", "/tmp/sc_griffin"], "/tmp/sc_curves.png")
 
 Reads each workdir's metrics.jsonl: train and eval loss (left), train and
 eval accuracy (right), one colour per run, labelled by the workdir's name.
@@ -14,12 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 from etils import epath
 
-from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.training import metrics as metrics_lib
 
 PANELS = (("loss", "loss (nats / token)"), ("accuracy", "accuracy"))
@@ -107,21 +107,3 @@ def plot(workdirs: Sequence[str], out: str) -> str:
   finally:
     plt.close(fig)
   return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+", help="training workdirs")
-  parser.add_argument("--out", default="curves.png", help="output PNG path")
-  args = parser.parse_args(argv)
-  try:
-    print(plot(args.workdirs, args.out))
-  except (FileNotFoundError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-  main()

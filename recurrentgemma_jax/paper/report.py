@@ -1,4 +1,5 @@
-"""Figures and tables from the runs of `reproduce.py` (OUTDIR/STUDY/RUN).
+"""Figures and tables from the runs of the paper's studies
+(`recurrentgemma reproduce run`: OUTDIR/STUDY/RUN).
 
 For each study with finished runs:
 - `STUDY_training.png`: the headline eval metric against training steps,
@@ -22,8 +23,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from recurrentgemma_jax import plot as plot_lib
-from recurrentgemma_jax import reproduce
+from recurrentgemma_jax import plotting
+from recurrentgemma_jax.paper import studies
 
 COLORS = {"hawk": "C0", "griffin": "C1", "mqa": "C2"}
 LABELS = {"hawk": "Hawk", "griffin": "Griffin", "mqa": "MQA"}
@@ -48,7 +49,7 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
     return runs
   for name in sorted(os.listdir(root)):
     workdir = os.path.join(root, name)
-    record = reproduce.read_json(os.path.join(workdir, "run.json"))
+    record = studies.read_json(os.path.join(workdir, "run.json"))
     if not record or not os.path.exists(
         os.path.join(workdir, "metrics.jsonl")):
       continue
@@ -57,9 +58,9 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
         "model": record["model"],
         "seed": record["seed"],
         "record": record,
-        "series": plot_lib.read_metrics(workdir),
-        "lengths": reproduce.read_json(
-            os.path.join(workdir, reproduce.LENGTH_EVAL_FILE)),
+        "series": plotting.read_metrics(workdir),
+        "lengths": studies.read_json(
+            os.path.join(workdir, studies.LENGTH_EVAL_FILE)),
         "params_m": _num_params(workdir),
     })
   return runs
@@ -80,7 +81,7 @@ def _by_model(runs):
   out: dict[str, list] = {}
   for run in runs:
     out.setdefault(run["model"], []).append(run)
-  return {m: out[m] for m in reproduce.MODELS if m in out}
+  return {m: out[m] for m in studies.MODELS if m in out}
 
 
 def _pyplot():
@@ -120,7 +121,7 @@ def _finish(plt, fig, ax, out: str, **labels) -> str:
   return _save(plt, fig, out)
 
 
-def plot_training(runs, study: reproduce.Study, out: str) -> str:
+def plot_training(runs, study: studies.Study, out: str) -> str:
   """Eval metric against step: a thin line per seed, a thick mean."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -149,7 +150,7 @@ def _length_table(group) -> dict[int, list[float]]:
   return table
 
 
-def plot_lengths(runs, study: reproduce.Study, out: str) -> str:
+def plot_lengths(runs, study: studies.Study, out: str) -> str:
   """Metric against evaluation length (log scale), mean and range of seeds."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -210,7 +211,7 @@ def _pool_positions(rows: Sequence[dict[str, Any]]) -> dict[str, list]:
           "per_position_tokens": tokens}
 
 
-def plot_positions(runs, study: reproduce.Study, out: str) -> str:
+def plot_positions(runs, study: studies.Study, out: str) -> str:
   """Loss per document position at the longest evaluation length."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -232,7 +233,7 @@ def plot_positions(runs, study: reproduce.Study, out: str) -> str:
                  train_len=train_len)
 
 
-def plot_positions_by_length(runs, study: reproduce.Study, out: str) -> str:
+def plot_positions_by_length(runs, study: studies.Study, out: str) -> str:
   """One panel per model: the loss at each document position for every
   evaluation length (1x, 2x, ...), seeds pooled."""
   plt = _pyplot()
@@ -257,7 +258,7 @@ def plot_positions_by_length(runs, study: reproduce.Study, out: str) -> str:
   return _save(plt, fig, out)
 
 
-def summarize(runs, study: reproduce.Study) -> dict[str, Any]:
+def summarize(runs, study: studies.Study) -> dict[str, Any]:
   """Final metrics per model: mean and spread over seeds, plus lengths."""
   out = {}
   for model, group in _by_model(runs).items():
@@ -285,7 +286,7 @@ def summarize(runs, study: reproduce.Study) -> dict[str, Any]:
   return out
 
 
-def markdown(name: str, study: reproduce.Study, summary) -> str:
+def markdown(name: str, study: studies.Study, summary) -> str:
   """The study's tables as Markdown."""
   lines = [f"### {study.title} (`{name}`)", "",
            f"| model | parameters | seeds | steps | final eval "
@@ -321,10 +322,13 @@ def write_report(outdir: str, figures: str) -> str:
 
   Returns:
     The Markdown summary.
+
+  Raises:
+    FileNotFoundError: `outdir` holds no run with metrics.
   """
   os.makedirs(figures, exist_ok=True)
   sections, numbers = [], {}
-  for name, study in reproduce.STUDIES.items():
+  for name, study in studies.STUDIES.items():
     runs = load_runs(outdir, name)
     if not runs:
       continue
@@ -343,7 +347,7 @@ def write_report(outdir: str, figures: str) -> str:
     sections.append(markdown(name, study, numbers[name]) + "\n\nFigures: "
                     + ", ".join(os.path.basename(p) for p in made))
   if not sections:
-    raise SystemExit(f"error: no finished runs under {outdir}")
+    raise FileNotFoundError(f"no finished runs under {outdir}")
   text = "\n\n".join(sections) + "\n"
   with open(os.path.join(outdir, "summary.md"), "w", encoding="utf-8") as f:
     f.write(text)
