@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.data import batch
 from recurrentgemma_jax.data import chat
 from recurrentgemma_jax.data.tokenizers import Tokenizer
 
@@ -79,12 +80,8 @@ def to_example(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
       raise ValueError("packing: loss_mask and tokens were packed "
                        "differently")
     mask *= row["loss_mask"][1:].astype(np.float32)
-  return {
-      "inputs": tokens[:-1].astype(np.int32),
-      "targets": tokens[1:].astype(np.int32),
-      "segment_pos": positions[:-1].astype(np.int32),
-      "mask": mask,
-  }
+  return batch.example(inputs=tokens[:-1], targets=tokens[1:],
+                       segment_pos=positions[:-1], mask=mask)
 
 
 def pack(documents: grain.IterDataset, seq_len: int, *,

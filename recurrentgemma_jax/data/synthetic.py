@@ -25,6 +25,7 @@ import abc
 import numpy as np
 
 from recurrentgemma_jax.config import ConfigError
+from recurrentgemma_jax.data import batch
 
 SPLITS = {"train": 0, "eval": 1}
 # Examples per split. Indices are generated, never stored, so this only needs
@@ -55,12 +56,8 @@ class SyntheticTask(abc.ABC):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
     inputs, targets, mask = self.sample(rng)
-    return {
-        "inputs": inputs.astype(np.int32),
-        "targets": targets.astype(np.int32),
-        "segment_pos": np.arange(self.seq_len, dtype=np.int32),
-        "mask": mask.astype(np.float32),
-    }
+    return batch.example(inputs=inputs, targets=targets,
+                         segment_pos=np.arange(self.seq_len), mask=mask)
 
   @abc.abstractmethod
   def sample(self, rng: np.random.Generator

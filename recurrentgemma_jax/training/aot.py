@@ -43,11 +43,11 @@ import ml_collections
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
+from recurrentgemma_jax.data import batch as batch_lib
 from recurrentgemma_jax.training import config as config_lib
 from recurrentgemma_jax.training import flops as flops_lib
 from recurrentgemma_jax.training import loop
 from recurrentgemma_jax.training import state as state_lib
-from recurrentgemma_jax.training import step as step_lib
 
 GiB = 2**30
 
@@ -184,7 +184,7 @@ def abstract_batch(program: loop.Program
   shape = (program.config.batch_size, program.config.seq_len)
   return {k: jax.ShapeDtypeStruct(shape, dtype,
                                   sharding=program.batch_sharding)
-          for k, dtype in step_lib.BATCH_DTYPES.items()}
+          for k, dtype in batch_lib.BATCH_DTYPES.items()}
 
 
 def _shard_bytes(tree: Any) -> int:

@@ -1,6 +1,6 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
-A batch is a dict of `[B, T]` arrays (`BATCH_DTYPES`):
+A batch is a dict of `[B, T]` arrays (`data.batch.BATCH_DTYPES`):
   inputs (int32), targets (int32), segment_pos (int32, 0 at each document
   start), mask (float32 loss weights; 0 on padding and untrained tokens).
 
@@ -27,13 +27,6 @@ from recurrentgemma_jax.training.state import TrainState
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-# The keys of a batch and their dtypes; every array is `[B, T]`.
-BATCH_DTYPES = {
-    "inputs": jnp.int32,
-    "targets": jnp.int32,
-    "segment_pos": jnp.int32,
-    "mask": jnp.float32,
-}
 
 
 def _stats_fn(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], dict]:
