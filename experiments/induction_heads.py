@@ -17,6 +17,13 @@ GPU): 1.00 for all at 256 tokens; evaluated at 64x (16,384 tokens, with
 `recurrentgemma evaluate --length_multipliers=1,2,...,64`),
 Hawk 0.98, Griffin 0.19, MQA 0.09. One scored token per sequence makes this
 the slowest synthetic task to start learning.
+The official `recurrentgemma` Griffin trained from the same weights on the
+same batches (6.2k steps, one H200) extrapolated no better than ours
+(docs/results.md, Section 2b). That control is the `official_control`
+study of `recurrentgemma reproduce run`; one run of it trains both models:
+  recurrentgemma reproduce control \
+      --config=experiments/induction_heads.py:model=griffin \
+      --workdir=/tmp/induction_heads_control --config.total_steps=6200
 Runtime: runlocal (sequence 64, window 32, 1000 steps of 64 sequences),
 roughly 10-20 minutes on 2 CPU cores; full size, about 10 minutes on H200.
 """

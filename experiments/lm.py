@@ -21,11 +21,14 @@ Arguments (after `:`, comma-separated):
                   in the Gemma chat template with the loss on the model
                   turns (recurrentgemma_jax/data/chat.py; default: text);
   model=griffin|hawk|mqa, runlocal;
-  size=100m (default: the paper's 100M size, sequences of 2048) or small
+  size=100m (default: the paper's 100M size, sequences of 2048), small
                   (the comparison of docs/results.md: six blocks of width
                   256 at equal parameter counts, 4.64M MQA, 4.65M Griffin,
                   4.66M Hawk with RNN width 192; 600 steps of 32 x 512
-                  bytes; Griffin's window 256).
+                  bytes; Griffin's window 256), or 1m, 4m, 16m (the code
+                  scaling study, `SCALING` below: about 1M, 4M and 16M
+                  non-embedding parameters, each trained on 20 tokens per
+                  non-embedding parameter in batches of 64 x 512 tokens).
 Give at most one of corpus, dataset, files. The argument values are checked
 before any data is prepared.
 
@@ -49,7 +52,9 @@ measured). The full model goes well below that.
 Runtime: runlocal, about 4 minutes on 2 shared CPU cores (measured; the
 corpus is prepared in under a second), 6 in an earlier run; full
 (10k steps of 64 x 2048 tokens, 100M parameters), about an hour on one H200
-(estimate).
+(estimate); size=16m, 6 to 17 minutes on one H200 at 10% to 4% MFU
+(estimate from the FLOP count, docs/results.md Section 5), 1m and 4m about
+16 and 4 times less.
 """
 
 import pathlib
@@ -65,7 +70,37 @@ if _REPO not in sys.path:  # loaded by path, from any directory
   sys.path.insert(0, _REPO)
 from experiments import common  # pylint: disable=g-import-not-at-top
 
-SIZES = ("100m", "small")
+# The code scaling study (`reproduce run --study=code_scaling`): nine
+# blocks (Griffin: recurrent, recurrent, local attention, three times), the
+# paper's ratios (Table 2): MLP expansion 3, RNN width 4/3 of the width,
+# width doubling per 4x parameters at fixed depth (as from its 100M to its
+# 400M model); heads of dimension 32; where the heads do not divide the RNN
+# width, RG-LRU gate blocks of 128 features (as `presets.paper_config`);
+# Griffin's window half the training length (the paper: 1024 of 2048).
+# size -> (width, RNN width, heads, RG-LRU gate blocks, peak learning rate).
+SCALING = {
+    "1m": (96, 128, 3, 1, 2e-3),
+    "4m": (192, 256, 6, 2, 1.5e-3),
+    "16m": (384, 512, 12, 4, 1e-3),
+}
+SCALING_DEPTH = 9
+SCALING_SEQ_LEN = 512
+SCALING_BATCH = 64
+TOKENS_PER_PARAM = 20
+# Non-embedding parameters (the embedding is tied; tests check these against
+# the built models): size -> model -> count.
+SCALING_PARAMS = {
+    "1m": {"griffin": 1_254_432, "hawk": 1_393_440, "mqa": 976_416},
+    "4m": {"griffin": 4_554_816, "hawk": 4_943_424, "mqa": 3_777_600},
+    "16m": {"griffin": 17_293_440, "hawk": 18_513_024, "mqa": 14_854_272},
+}
+SIZES = ("100m", "small", *SCALING)
+
+
+def scaling_steps(size: str, model: str) -> int:
+  """Steps of `TOKENS_PER_PARAM` tokens per non-embedding parameter."""
+  tokens = TOKENS_PER_PARAM * SCALING_PARAMS[size][model]
+  return round(tokens / (SCALING_BATCH * SCALING_SEQ_LEN))
 
 
 def get_config(arg=None):
@@ -123,6 +158,26 @@ def get_config(arg=None):
         "", kind=arg.model, depth=6, width=256, mlp_expanded_width=768,
         num_heads=4, lru_width=192,
         attention_window_size=0 if arg.model == "mqa" else 256)
+  if arg.size in SCALING:
+    if arg.runlocal:
+      raise ConfigError(f"size={arg.size} has no runlocal variant (a "
+                        "scaling run is minutes on a GPU); leave out one of "
+                        "them")
+    width, lru_width, heads, lru_heads, lr = SCALING[arg.size]
+    c.total_steps = scaling_steps(arg.size, arg.model)
+    c.batch_size = SCALING_BATCH
+    c.seq_len = SCALING_SEQ_LEN
+    c.learning_rate = lr
+    c.warmup_steps = min(500, c.total_steps // 10)
+    c.eval_every = max(1, c.total_steps // 20)
+    c.eval_batches = 16
+    c.checkpoint_every = max(1, c.total_steps // 5)
+    c.model = config_lib.model_config(
+        "", kind=arg.model, depth=SCALING_DEPTH, width=width,
+        mlp_expanded_width=3 * width, num_heads=heads, lru_width=lru_width,
+        lru_num_heads=lru_heads,
+        attention_window_size=(0 if arg.model == "mqa"
+                               else SCALING_SEQ_LEN // 2))
   if arg.runlocal:
     c.total_steps = 300
     c.batch_size = 16

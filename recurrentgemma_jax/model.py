@@ -85,6 +85,7 @@ class Griffin(nnx.Module):
       cache: GriffinCache | None = None,
       *,
       return_cache: bool = False,
+      last_only: bool = False,
   ) -> Logits | tuple[Logits, GriffinCache]:
     """Runs the model.
 
@@ -100,9 +101,13 @@ class Griffin(nnx.Module):
       cache: state after earlier tokens; the call then continues those rows
         (decoding one token, or a chunk of several).
       return_cache: also return the state after this call.
+      last_only: the logits of the last position only, `[B, 1, vocab]`
+        (prefill needs no others; XLA would not narrow the `[B, T, vocab]`
+        product to a slice of it).
 
     Returns:
-      logits `[B, T, vocab]`, and the new `GriffinCache` when `return_cache`.
+      logits `[B, T, vocab]` (`[B, 1, vocab]` with `last_only`), and the new
+      `GriffinCache` when `return_cache`.
     """
     tokens, segment_pos = _check_inputs(tokens, segment_pos, self.config)
     b, t = tokens.shape
@@ -133,6 +138,8 @@ class Griffin(nnx.Module):
                              return_cache)
       new_blocks.append(block_cache)
 
+    if last_only:
+      x = x[:, -1:]
     logits = self.embedder.decode(self.final_norm(x))
     logits = logical.constrain(logits, logical.LOGITS_AXES)
     cap = self.config.logits_soft_cap

@@ -3,7 +3,12 @@ r"""Reproduce the paper's small-scale studies: train, extrapolate, plot.
 A study is one experiment file trained for each model family (Hawk, Griffin,
 MQA) and seed, then evaluated at multiples of its training length. Runs go
 in parallel, a few per accelerator; each is an ordinary training run in
-`OUTDIR/STUDY/MODEL_sSEED` that resumes when the command is run again.
+`OUTDIR/STUDY/MODEL_sSEED` that resumes when the command is run again. The
+scaling study `code_scaling` (paper Figure 2 on the Python standard
+library's source, bytes) trains each family at three sizes of
+experiments/lm.py (`size=1m,4m,16m`, 20 tokens per non-embedding
+parameter) in `OUTDIR/code_scaling/MODEL_SIZE_sSEED`; it has no runlocal
+size. `--study=all` runs every study that has the chosen `--size`.
 
     recurrentgemma reproduce run --study=induction_heads \
         --size=runlocal --seeds=0 --outdir=/tmp/paper
@@ -21,10 +26,25 @@ by hand writes its own file, named by its settings) and `run.json`
 default corpus of experiments/lm.py, the Python standard library's source
 (`--config_arg=lm:files=PATH` for your text). `report`
 turns every finished run into PNG figures and `summary.md` / `summary.json`
-(tables of final metrics, mean and spread over seeds). SIGTERM or Ctrl-C
-stops the runs at a checkpoint; running again continues them.
+(tables of final metrics, mean and spread over seeds; for `code_scaling`,
+held-out loss against training FLOPs and tokens, and Griffin against MQA
+at equal FLOPs). SIGTERM or Ctrl-C stops the runs at a checkpoint; running
+again continues them.
 
-The flags marked `run:` belong to `run`, those marked `report:` to `report`.
+`control` is one run of the official-model control (the
+`official_control` study; `recurrentgemma_jax/paper/official_control.py`):
+our Griffin and the official `recurrentgemma` one trained side by side
+from the same initial weights on the same batches, then both evaluated at
+the same lengths (`WORKDIR/official_control.json`):
+
+    recurrentgemma reproduce control \
+        --config=experiments/induction_heads.py:model=griffin \
+        --workdir=/tmp/control [--config.total_steps=6200]
+    recurrentgemma reproduce control --workdir=/tmp/control \
+        --length_multipliers=1,2,4,8,16,32,64 --examples=512
+
+The flags marked `run:` belong to `run`, those marked `report:` to `report`,
+those marked `control:` to `control`.
 """
 
 from __future__ import annotations
@@ -33,15 +53,20 @@ import sys
 from collections.abc import Sequence
 
 from absl import flags
+from ml_collections import config_flags
 
 from recurrentgemma_jax.cli import common
+from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.paper import studies
 
-ACTIONS = ("run", "report")
-# The flags of each action (--outdir belongs to both).
-RUN_FLAGS = ("study", "models", "seeds", "size", "devices", "jobs_per_device",
-             "override", "config_arg", "train_only")
-REPORT_FLAGS = ("figures",)
+ACTIONS = ("run", "report", "control")
+# The flags of each action.
+FLAGS_OF = {
+    "run": ("outdir", "study", "models", "seeds", "size", "devices",
+            "jobs_per_device", "override", "config_arg", "train_only"),
+    "report": ("outdir", "figures"),
+    "control": ("config", "workdir", "length_multipliers", "examples"),
+}
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -49,7 +74,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("outdir", None, "the studies' runs (run: written, "
                       "report: read)", **kw)
   flags.DEFINE_string("study", "all", "run: comma-separated: "
-                      f"{', '.join(studies.STUDIES)} or all", **kw)
+                      f"{', '.join(studies.STUDIES)} or all (those with "
+                      "this --size and one of --models)", **kw)
   flags.DEFINE_string("models", "all",
                       "run: comma-separated: hawk, griffin, mqa or all", **kw)
   flags.DEFINE_string("seeds", "0", "run: comma-separated integers", **kw)
@@ -70,6 +96,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     "(run again without this flag to add them)", **kw)
   flags.DEFINE_string("figures", "",
                       "report: where the PNGs go (default OUTDIR)", **kw)
+  config_flags.DEFINE_config_file(
+      "config", None, "control: experiment config file (experiments/*.py"
+      "[:arg]) to train both models on", lock_config=True, **kw)
+  flags.DEFINE_string("workdir", None, "control: the run's directory", **kw)
+  flags.DEFINE_list("length_multipliers", [], "control: evaluate both "
+                    "models at these multiples of the training length", **kw)
+  flags.DEFINE_integer("examples", 512, "control: sequences scored per "
+                       "evaluation length", lower_bound=1, **kw)
 
 
 def _parse_list(text: str, allowed: Sequence[str], name: str) -> list[str]:
@@ -83,20 +117,41 @@ def _parse_list(text: str, allowed: Sequence[str], name: str) -> list[str]:
   return items
 
 
+def chosen_studies(text: str, size: str, models: Sequence[str]) -> list[str]:
+  """The studies `--study=text` names; `all` is every study that has `size`
+  and trains one of `models`, a named one that does not is an error."""
+  chosen = _parse_list(text, list(studies.STUDIES), "study")
+  fits = {s: (size in studies.STUDIES[s].sizes,
+              bool(set(models) & set(studies.STUDIES[s].models)))
+          for s in chosen}
+  if text.strip() == "all":
+    return [s for s in chosen if all(fits[s])]
+  for study in chosen:
+    spec = studies.STUDIES[study]
+    if not fits[study][0]:
+      raise SystemExit(f"error: --study={study} has no --size={size}; its "
+                       f"sizes are {', '.join(spec.sizes)}")
+    if not fits[study][1]:
+      raise SystemExit(f"error: --study={study} trains "
+                       f"{', '.join(spec.models)} only, not "
+                       f"--models={','.join(models)}")
+  return chosen
+
+
 def _run(f: flags.FlagValues) -> int:
   """`run`: checks every flag, then trains and evaluates the studies."""
   from recurrentgemma_jax.paper import runner  # pylint: disable=g-import-not-at-top
 
-  chosen = _parse_list(f.study, list(studies.STUDIES), "study")
+  if f.size not in studies.SIZES:
+    raise SystemExit(f"error: --size={f.size!r}: allowed values are "
+                     f"{', '.join(studies.SIZES)}")
   models = _parse_list(f.models, studies.MODELS, "models")
+  chosen = chosen_studies(f.study, f.size, models)
   try:
     seeds = [int(s) for s in f.seeds.split(",")]
   except ValueError:
     raise SystemExit(f"error: --seeds={f.seeds!r}: give integers, e.g. "
                      "0,1,2") from None
-  if f.size not in studies.SIZES:
-    raise SystemExit(f"error: --size={f.size!r}: allowed values are "
-                     f"{', '.join(studies.SIZES)}")
   config_args = {}
   for item in f.config_arg:
     study, _, value = item.partition(":")
@@ -128,19 +183,56 @@ def _report(f: flags.FlagValues) -> int:
   return 0
 
 
+def _control(f: flags.FlagValues) -> int:
+  """`control`: trains both models (--config), evaluates them at
+  --length_multipliers, or both in that order."""
+  from recurrentgemma_jax.paper import official_control  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  try:
+    multipliers = [int(m) for m in f.length_multipliers]
+  except ValueError:
+    print(f"error: --length_multipliers={','.join(f.length_multipliers)}: "
+          "give integers >= 1, e.g. 1,2,4", file=sys.stderr)
+    return 2
+  try:
+    if f.config is not None:
+      result = official_control.train(f.config, f.workdir)
+      if result.preempted:
+        return 143  # 128 + SIGTERM: interrupted, resumes when run again
+    if multipliers:
+      print(official_control.markdown(official_control.evaluate(
+          f.workdir, multipliers, f.examples)))
+  except (ConfigError, loop.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
 def run(f: flags.FlagValues, args: list[str]) -> int:
-  """`args[0]` (run or report) with the flags; returns the exit code."""
+  """`args[0]` (run, report or control) with the flags; returns the exit
+  code."""
   if len(args) != 1 or args[0] not in ACTIONS:
-    print(f"error: give one action, run or report (got {args})",
+    print(f"error: give one action, run, report or control (got {args})",
           file=sys.stderr)
     return 2
   action = args[0]
-  other = REPORT_FLAGS if action == "run" else RUN_FLAGS
-  given = [f"--{name}" for name in other if f[name].present]
+  other = {name for names in FLAGS_OF.values() for name in names
+           } - set(FLAGS_OF[action])
+  given = [f"--{name}" for name in sorted(other) if f[name].present]
   if given:
     print(f"error: {', '.join(given)} not allowed with {action}",
           file=sys.stderr)
     return 2
+  if action == "control":
+    if f.workdir is None:
+      print("error: control needs --workdir", file=sys.stderr)
+      return 2
+    if f.config is None and not f.length_multipliers:
+      print("error: control needs --config (train both models) and/or "
+            "--length_multipliers (evaluate them)", file=sys.stderr)
+      return 2
+    return _control(f)
   if f.outdir is None:
     print(f"error: {action} needs --outdir", file=sys.stderr)
     return 2
@@ -148,7 +240,7 @@ def run(f: flags.FlagValues, args: list[str]) -> int:
 
 
 def main() -> None:
-  common.start(sys.modules[__name__])
+  common.start(sys.modules[__name__], quiet_logs=True, tpu_guard=True)
 
 
 if __name__ == "__main__":

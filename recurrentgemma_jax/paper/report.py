@@ -10,6 +10,12 @@ For each study with finished runs:
   position within a document at the longest evaluation length, all models;
   `STUDY_positions_by_length.png`: a panel per model with a curve for each
   evaluation length.
+A scaling study (`code_scaling`, sizes as variants) has instead
+`STUDY_flops.png` and `STUDY_tokens.png` (held-out loss against training
+FLOPs and tokens, `scaling.py`) and the largest size's
+`STUDY_positions_by_length.png`. The official-model control
+(`official_control`) has `STUDY_training.png` and `STUDY_lengths.png` with
+our Griffin and the official one.
 `summary.md` holds the tables (Markdown) and `summary.json` the numbers.
 """
 
@@ -24,10 +30,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from recurrentgemma_jax import plotting
+from recurrentgemma_jax.paper import figures as figures_lib
+from recurrentgemma_jax.paper import scaling
 from recurrentgemma_jax.paper import studies
 
-COLORS = {"hawk": "C0", "griffin": "C1", "mqa": "C2"}
-LABELS = {"hawk": "Hawk", "griffin": "Griffin", "mqa": "MQA"}
+COLORS = figures_lib.COLORS
+LABELS = figures_lib.LABELS
+_mean_spread = figures_lib.mean_spread
+_fmt = figures_lib.fmt
+_pyplot = figures_lib.pyplot
+_label = figures_lib.label
+_save = figures_lib.save
+_finish = figures_lib.finish
 
 
 def _num_params(workdir: str) -> float | None:
@@ -53,28 +67,20 @@ def load_runs(outdir: str, study: str) -> list[dict[str, Any]]:
     if not record or not os.path.exists(
         os.path.join(workdir, "metrics.jsonl")):
       continue
+    lengths_file = (studies.CONTROL_RESULT_FILE
+                    if studies.STUDIES[study].tool == "control"
+                    else studies.LENGTH_EVAL_FILE)
     runs.append({
         "workdir": workdir,
         "model": record["model"],
         "seed": record["seed"],
+        "variant": record.get("variant", ""),
         "record": record,
         "series": plotting.read_metrics(workdir),
-        "lengths": studies.read_json(
-            os.path.join(workdir, studies.LENGTH_EVAL_FILE)),
+        "lengths": studies.read_json(os.path.join(workdir, lengths_file)),
         "params_m": _num_params(workdir),
     })
   return runs
-
-
-def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
-  mean = statistics.fmean(values)
-  spread = statistics.stdev(values) if len(values) > 1 else 0.0
-  return mean, spread
-
-
-def _fmt(mean: float, spread: float, n: int, digits: int = 3) -> str:
-  text = f"{mean:.{digits}f}"
-  return text + (f" ± {spread:.{digits}f}" if n > 1 else "")
 
 
 def _by_model(runs):
@@ -82,43 +88,6 @@ def _by_model(runs):
   for run in runs:
     out.setdefault(run["model"], []).append(run)
   return {m: out[m] for m in studies.MODELS if m in out}
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  return plt
-
-
-def _label(ax, *, xlabel: str, ylabel: str, title: str,
-           train_len: int | None = None) -> None:
-  """Axis labels and legend; with `train_len`, a log2 length axis with the
-  training length marked."""
-  if train_len:
-    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1,
-               label="training length")
-    ax.set_xscale("log", base=2)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-
-
-def _save(plt, fig, out: str) -> str:
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
-
-
-def _finish(plt, fig, ax, out: str, **labels) -> str:
-  """`_label` for a one-panel figure, then the PNG at `out`."""
-  _label(ax, **labels)
-  return _save(plt, fig, out)
 
 
 def plot_training(runs, study: studies.Study, out: str) -> str:
@@ -233,9 +202,11 @@ def plot_positions(runs, study: studies.Study, out: str) -> str:
                  train_len=train_len)
 
 
-def plot_positions_by_length(runs, study: studies.Study, out: str) -> str:
+def plot_positions_by_length(runs, study: studies.Study, out: str,
+                             title: str = "") -> str:
   """One panel per model: the loss at each document position for every
-  evaluation length (1x, 2x, ...), seeds pooled."""
+  evaluation length (1x, 2x, ...), seeds pooled; `title` (default the
+  study's) heads the figure."""
   plt = _pyplot()
   groups = _by_model(runs)
   fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 3.8),
@@ -254,7 +225,8 @@ def plot_positions_by_length(runs, study: studies.Study, out: str) -> str:
     _label(ax, xlabel="position in document (tokens)",
            ylabel="mean loss (nats / token)", title=LABELS[model],
            train_len=train_len)
-  fig.suptitle(f"{study.title}: loss by position at each evaluation length")
+  fig.suptitle(f"{title or study.title}: loss by position at each "
+               "evaluation length")
   return _save(plt, fig, out)
 
 
@@ -332,19 +304,13 @@ def write_report(outdir: str, figures: str) -> str:
     runs = load_runs(outdir, name)
     if not runs:
       continue
-    made = [plot_training(runs, study,
-                          os.path.join(figures, f"{name}_training.png"))]
-    if len(study.multipliers) > 1 and any(r["lengths"] for r in runs):
-      made.append(plot_lengths(runs, study,
-                               os.path.join(figures, f"{name}_lengths.png")))
-    if study.per_position and any(r["lengths"] for r in runs):
-      made.append(plot_positions(
-          runs, study, os.path.join(figures, f"{name}_positions.png")))
-      made.append(plot_positions_by_length(
-          runs, study,
-          os.path.join(figures, f"{name}_positions_by_length.png")))
-    numbers[name] = summarize(runs, study)
-    sections.append(markdown(name, study, numbers[name]) + "\n\nFigures: "
+    if study.variants:
+      made, numbers[name], text = _scaling_section(runs, name, study, figures)
+    elif study.tool == "control":
+      made, numbers[name], text = _control_section(runs, name, study, figures)
+    else:
+      made, numbers[name], text = _study_section(runs, name, study, figures)
+    sections.append(text + "\n\nFigures: "
                     + ", ".join(os.path.basename(p) for p in made))
   if not sections:
     raise FileNotFoundError(f"no finished runs under {outdir}")
@@ -354,3 +320,119 @@ def write_report(outdir: str, figures: str) -> str:
   with open(os.path.join(outdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(numbers, f, indent=1)
   return text
+
+
+def _study_section(runs, name: str, study: studies.Study, figures: str):
+  """A study's figures, numbers and Markdown: `(paths, numbers, text)`."""
+  made = [plot_training(runs, study,
+                        os.path.join(figures, f"{name}_training.png"))]
+  if len(study.multipliers) > 1 and any(r["lengths"] for r in runs):
+    made.append(plot_lengths(runs, study,
+                             os.path.join(figures, f"{name}_lengths.png")))
+  if study.per_position and any(r["lengths"] for r in runs):
+    made.append(plot_positions(
+        runs, study, os.path.join(figures, f"{name}_positions.png")))
+    made.append(plot_positions_by_length(
+        runs, study,
+        os.path.join(figures, f"{name}_positions_by_length.png")))
+  summary = summarize(runs, study)
+  return made, summary, markdown(name, study, summary)
+
+
+def _scaling_section(runs, name: str, study: studies.Study, figures: str):
+  """A scaling study (`scaling.py`), plus the loss by position of its
+  largest size with length evaluations: `(paths, numbers, text)`."""
+  made, numbers, text = scaling.write(runs, name, study, figures)
+  largest = next((v for v in reversed(study.variants)
+                  if any(r["variant"] == v and r["lengths"] for r in runs)),
+                 None)
+  if largest is not None:
+    made.append(plot_positions_by_length(
+        [r for r in runs if r["variant"] == largest and r["lengths"]], study,
+        os.path.join(figures, f"{name}_positions_by_length.png"),
+        title=f"{study.title}, size {largest}"))
+  return made, numbers, text
+
+
+# The official-model control's two models (official_control.MODELS), their
+# labels and their metrics.jsonl prefixes.
+CONTROL_LABELS = {"ours": "Griffin (ours)", "official": "Griffin (official)"}
+CONTROL_PREFIX = {"ours": "", "official": "official_"}
+CONTROL_COLORS = {"ours": COLORS["griffin"], "official": "C4"}
+
+
+def _control_rows(runs) -> dict[str, dict[int, list[float]]]:
+  """{"ours"/"official": {eval length: [accuracy per seed]}} over the
+  control runs with a result."""
+  out: dict[str, dict[int, list[float]]] = {m: {} for m in CONTROL_LABELS}
+  for run in runs:
+    for row in (run["lengths"] or {}).get("lengths", []):
+      for model, table in out.items():
+        table.setdefault(row["seq_len"], []).append(row[model]["accuracy"])
+  return out
+
+
+def _control_section(runs, name: str, study: studies.Study, figures: str):
+  """The official-model control: eval accuracy against step and against
+  evaluation length for both models, and the table by length:
+  `(paths, numbers, text)`."""
+  plt = _pyplot()
+  made = []
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for model in CONTROL_LABELS:
+    for j, run in enumerate(runs):
+      curve = run["series"].get(f"{CONTROL_PREFIX[model]}eval/accuracy", {})
+      steps = sorted(curve)
+      ax.plot(steps, [curve[s] for s in steps], color=CONTROL_COLORS[model],
+              linestyle="-" if model == "ours" else "--",
+              label=CONTROL_LABELS[model] if j == 0 else None)
+  made.append(_finish(plt, fig, ax,
+                      os.path.join(figures, f"{name}_training.png"),
+                      xlabel="training step", ylabel="eval accuracy",
+                      title=study.title))
+  rows = _control_rows(runs)
+  train_len = next((r["lengths"]["train_seq_len"] for r in runs
+                    if r["lengths"]), None)
+  if train_len:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for model in CONTROL_LABELS:
+      xs = sorted(rows[model])
+      values = [rows[model][x] for x in xs]
+      ax.plot(xs, [statistics.fmean(v) for v in values], "o-",
+              color=CONTROL_COLORS[model], label=CONTROL_LABELS[model])
+      ax.fill_between(xs, [min(v) for v in values],
+                      [max(v) for v in values], color=CONTROL_COLORS[model],
+                      alpha=0.15)
+    made.append(_finish(plt, fig, ax,
+                        os.path.join(figures, f"{name}_lengths.png"),
+                        xlabel="evaluation length (tokens)",
+                        ylabel="eval accuracy",
+                        title=f"{study.title}: length extrapolation",
+                        train_len=train_len))
+  steps = [max(r["series"]["eval/accuracy"]) for r in runs
+           if r["series"].get("eval/accuracy")]
+  numbers = {
+      "seeds": [r["seed"] for r in runs],
+      "status": [r["record"].get("status") for r in runs],
+      "steps": steps,
+      "train_minutes": [r["record"].get("train_seconds", 0) / 60
+                        for r in runs],
+      "command": runs[0]["record"].get("train_command"),
+      "eval_command": runs[0]["record"].get("eval_command"),
+      "lengths": {m: {str(k): v for k, v in sorted(table.items())}
+                  for m, table in rows.items()},
+  }
+  lines = [f"### {study.title} (`{name}`)", "",
+           f"{len(runs)} seed(s), steps "
+           f"{'/'.join(sorted({str(s) for s in steps})) or '-'}; eval "
+           "accuracy by evaluation length (mean over seeds):", ""]
+  lengths = sorted(rows["ours"])
+  if lengths:
+    lines += ["| model | " + " | ".join(map(str, lengths)) + " |",
+              "|---|" + "---|" * len(lengths)]
+    for model, label in CONTROL_LABELS.items():
+      lines.append(f"| {label} | " + " | ".join(
+          f"{statistics.fmean(rows[model][x]):.3f}" for x in lengths) + " |")
+  else:
+    lines.append("(no length evaluation yet)")
+  return made, numbers, "\n".join(lines)

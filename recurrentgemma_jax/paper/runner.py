@@ -97,6 +97,7 @@ class Runner:
     evaluate = studies.eval_command(job, size)
     record.update(
         study=job.study, model=job.model, seed=job.seed, size=size,
+        **({"variant": job.variant} if job.variant else {}),
         train_command=_shell(train), eval_command=_shell(evaluate),
         device=device, host=platform.node(), status="running",
         train_seconds=record.get("train_seconds", 0.0),
@@ -184,7 +185,8 @@ def _run_all(runner: Runner, jobs: list[Job], size: str, overrides,
       job, record = futures[future], future.result()
       failed += record["status"] == "failed"
       print(f"[{done}/{len(jobs)} {time.perf_counter() - start:.0f}s] "
-            f"{job.study} {job.model} seed {job.seed}: {record['status']} "
+            f"{job.study} {job.model}{f' {job.variant}' if job.variant else ''}"
+            f" seed {job.seed}: {record['status']} "
             f"(train {record['train_seconds']:.0f}s, eval "
             f"{record['eval_seconds']:.0f}s) {job.workdir}/log.txt",
             flush=True)

@@ -121,18 +121,10 @@ def prefill(
     The `DecodeState` after the prompts.
   """
   model = _merge(graphdef, params)
-  b, p = tokens.shape
-  if cache_length is not None:
-    cache = model.init_cache(b, cache_length)
-    logits, cache = model(tokens, segment_pos, cache, return_cache=True)
-  elif p == 1:
-    logits, cache = model(tokens, segment_pos, return_cache=True)
-  else:
-    # The prompt's logits are not needed: XLA drops their computation, the
-    # [B, P, vocab] product included. Only the last token's are computed.
-    _, cache = model(tokens[:, :-1], segment_pos[:, :-1], return_cache=True)
-    logits, cache = model(tokens[:, -1:], segment_pos[:, -1:], cache,
-                          return_cache=True)
+  b = tokens.shape[0]
+  cache = None if cache_length is None else model.init_cache(b, cache_length)
+  logits, cache = model(tokens, segment_pos, cache, return_cache=True,
+                        last_only=True)
   return DecodeState(cache=cache, logits=logits[:, -1],
                      segment_pos=segment_pos[:, -1] + 1)
 
@@ -145,13 +137,14 @@ def extend(
 ) -> DecodeState:
   """Feeds `tokens [B, T]` (the same count for every row) after `state`.
 
-  One model call over the chunk (chunked prefill); the logits of the last
-  token become the next-token logits.
+  One model call over the chunk (chunked prefill); the logits of its last
+  token (the only ones computed) become the next-token logits.
   """
   model = _merge(graphdef, params)
   t = tokens.shape[1]
   segment_pos = state.segment_pos[:, None] + jnp.arange(t, dtype=jnp.int32)
-  logits, cache = model(tokens, segment_pos, state.cache, return_cache=True)
+  logits, cache = model(tokens, segment_pos, state.cache, return_cache=True,
+                        last_only=True)
   return DecodeState(cache=cache, logits=logits[:, -1],
                      segment_pos=state.segment_pos + t)
 

@@ -500,6 +500,25 @@ def _finished(exp: Experiment, step: int) -> TrainResult:
                      metrics=metrics_lib.final_scalars(records, step))
 
 
+
+@dataclasses.dataclass(frozen=True)
+class StepActions:
+  """What a training loop does after `step`, from the config's cadences."""
+  log: bool  # flush the pending metrics (always before save and evaluate)
+  save: bool  # checkpoint (SIGTERM, the last step, every checkpoint_every)
+  evaluate: bool  # every eval_every steps and at the last one
+  stop: bool  # preempted: stop after saving
+
+
+def step_actions(config, step: int, preempted: bool) -> StepActions:
+  final = step == config.total_steps
+  save = preempted or final or step % config.checkpoint_every == 0
+  evaluate = config.eval_batches > 0 and (
+      final or step % config.eval_every == 0)
+  return StepActions(log=save or evaluate or step % config.log_every == 0,
+                     save=save, evaluate=evaluate, stop=preempted)
+
+
 def train(config: Any, workdir: str) -> TrainResult:
   """Trains (or resumes) the experiment `config` in `workdir`.
 
@@ -667,23 +686,20 @@ def _run(exp: Experiment, state, start: int, train_iter, writer,
     else:
       throughput.step()
     profiler.after(step, state)
-    preempted = exp.checkpointer.should_stop(step)
-    final = step == config.total_steps
-    save = preempted or final or step % config.checkpoint_every == 0
-    evaluate_now = config.eval_batches > 0 and (
-        final or step % config.eval_every == 0)
-    if save or evaluate_now or step % config.log_every == 0:
+    actions = step_actions(config, step, exp.checkpointer.should_stop(step))
+    preempted = actions.stop
+    if actions.log:
       flush()  # before saving: a non-finite loss is never checkpointed
-    if save:  # before evaluating: a failing evaluation costs no training
+    if actions.save:  # before evaluating: a failed evaluation costs no steps
       exp.checkpointer.save(step, state, train_iter)
-    if evaluate_now:
+    if actions.evaluate:
       scalars = _evaluate(exp, eval_step, state["params"])
       writer.write(step, scalars)
       metrics_lib.log(
           f"eval at step {step}: loss {scalars['eval/loss']:.4f}, "
           f"accuracy {scalars['eval/accuracy']:.4f}", enabled=main)
       last = {**last, **scalars}
-    if evaluate_now or save:
+    if actions.evaluate or actions.save:
       throughput.resume()  # keep eval and saving out of tokens/s
     if preempted:
       break

@@ -138,7 +138,8 @@ def test_parser_errors(tmp_path, capsys):
   assert "--figures not allowed with run" in capsys.readouterr().err
   for args in ([], ["plot"], ["run", "report"]):
     assert _reproduce([*args, "--outdir", str(tmp_path)]) == 2
-    assert "give one action, run or report" in capsys.readouterr().err
+    assert "give one action, run, report or control" in (
+        capsys.readouterr().err)
 
 
 def _records(workdir):
