@@ -216,6 +216,18 @@ class GriffinConfig:
     return dataclasses.replace(
         self, **{**dict.fromkeys(self._following), **changes})
 
+  # Equal configs behave alike: a field that follows another (given as
+  # None) is not equal to the same value set explicitly, since `replace`
+  # treats the two differently.
+  def __eq__(self, other):
+    if other.__class__ is not self.__class__:
+      return NotImplemented
+    return self.to_dict() == other.to_dict()
+
+  def __hash__(self):
+    return hash(tuple((k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in sorted(self.to_dict().items())))
+
   def to_dict(self) -> dict[str, Any]:
     """The fields as given: None where a field follows another, so that
     `GriffinConfig(**config.to_dict())` rebuilds `config`."""

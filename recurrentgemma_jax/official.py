@@ -22,6 +22,7 @@ from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.model import Griffin
+from recurrentgemma_jax.nn import quantized
 
 _UNSET = object()
 
@@ -118,6 +119,11 @@ def from_official(
 
 def to_official(model: Griffin) -> dict[str, Any]:
   """The official parameter tree of `model` (inverse of `from_official`)."""
+  if any(isinstance(m, (quantized.QuantizedDense, quantized.QuantizedEmbedder))
+         for _, m in nnx.iter_modules(model)):
+    raise ValueError("to_official: the model has int8 weights, which the "
+                     "official model cannot read; export the float model "
+                     "(before rg.quantize_int8)")
   pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   tree = {k: v for k, v in pure.items() if k != "blocks"}
   for i, block in pure["blocks"].items():

@@ -147,3 +147,32 @@ def test_no_libtpu_noise_without_a_tpu():
   assert backend in chosen.split(",")
   for noise in TPU_NOISE:
     assert noise not in result.stderr
+
+
+def test_call_takes_config_field_overrides(tmp_path):
+  """`common.call` accepts `--config.<field>=...` as the command line does
+  (ml_collections registers those flags from sys.argv)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.cli import common  # pylint: disable=g-import-not-at-top
+
+  config_file = tmp_path / "exp.py"
+  config_file.write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  return ml_collections.ConfigDict({'seed': 1, 'steps': 5})\n")
+
+  class Tool:  # a CLI module's interface
+    __name__ = "tool"
+
+    @staticmethod
+    def define_flags(flag_values):
+      config_flags.DEFINE_config_file("config", flag_values=flag_values)
+
+    @staticmethod
+    def run(flag_values, argv):
+      del argv
+      return 10 * flag_values.config.seed + flag_values.config.steps
+
+  argv_before = list(sys.argv)
+  assert common.call(Tool, [f"--config={config_file}", "--config.seed=7"]) == 75
+  assert sys.argv == argv_before

@@ -197,10 +197,17 @@ def call(module: Any, args: Sequence[str]) -> int:
   exit code. Bad flags exit as on the command line (SystemExit). A module
   with `PASSTHROUGH = True` keeps what follows `--` for its command."""
   flag_values = flags.FlagValues()
-  module.define_flags(flag_values)
-  parse = (parse_with_passthrough if getattr(module, "PASSTHROUGH", False)
-           else parse_flags)
-  rest = parse([module.__name__, *args], flag_values)
+  argv = [module.__name__, *args]
+  # ml_collections' config_file flags register their `--config.<field>`
+  # overrides from sys.argv, not from the argv being parsed.
+  saved, sys.argv = sys.argv, argv
+  try:
+    module.define_flags(flag_values)
+    parse = (parse_with_passthrough if getattr(module, "PASSTHROUGH", False)
+             else parse_flags)
+    rest = parse(argv, flag_values)
+  finally:
+    sys.argv = saved
   return module.run(flag_values, rest[1:])
 
 

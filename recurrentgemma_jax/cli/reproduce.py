@@ -119,13 +119,16 @@ def _parse_list(text: str, allowed: Sequence[str], name: str) -> list[str]:
 
 def chosen_studies(text: str, size: str, models: Sequence[str]) -> list[str]:
   """The studies `--study=text` names; `all` is every study that has `size`
-  and trains one of `models`, a named one that does not is an error."""
+  and trains one of `models` (the official-model control, which needs the
+  official package, only when named), a named one that does not is an
+  error."""
   chosen = _parse_list(text, list(studies.STUDIES), "study")
   fits = {s: (size in studies.STUDIES[s].sizes,
               bool(set(models) & set(studies.STUDIES[s].models)))
           for s in chosen}
   if text.strip() == "all":
-    return [s for s in chosen if all(fits[s])]
+    return [s for s in chosen
+            if all(fits[s]) and studies.STUDIES[s].tool != "control"]
   for study in chosen:
     spec = studies.STUDIES[study]
     if not fits[study][0]:

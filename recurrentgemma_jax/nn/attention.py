@@ -149,16 +149,25 @@ def blocked_local_attention(
   return out.reshape(b, n * c, *out.shape[3:])[:, :t]
 
 
-def resolve_attention_impl(backend: str, device_count: int) -> str:
+def flash_kernel_applies(head_dim: int) -> bool:
+  """Whether `pallas_kernels.gpu_local_attention` takes this head size."""
+  return head_dim >= 16 and not head_dim & (head_dim - 1)
+
+
+def resolve_attention_impl(backend: str, device_count: int,
+                           head_dim: int) -> str:
   """The implementation `attention_impl="auto"` runs.
 
-  The flash kernel on a single GPU: it made the 8 x 2048 train step of
-  benchmarks/train_step.py 1.25x faster on an H200 (64.4 -> 51.7 ms,
-  docs/benchmarks.md). With more devices XLA would gather the kernel's
-  operands onto each one, so "xla" (the blocked einsum) stays the choice
-  there, and on TPU and CPU.
+  The flash kernel on a single GPU, for the head sizes it takes (powers of
+  2 from 16): it made the 8 x 2048 train step of benchmarks/train_step.py
+  1.25x faster on an H200 (64.4 -> 51.7 ms, docs/benchmarks.md). With more
+  devices XLA would gather the kernel's operands onto each one, so "xla"
+  (the blocked einsum) stays the choice there, for other head sizes, and on
+  TPU and CPU.
   """
-  return "pallas_gpu" if backend == "gpu" and device_count == 1 else "xla"
+  if backend == "gpu" and device_count == 1 and flash_kernel_applies(head_dim):
+    return "pallas_gpu"
+  return "xla"
 
 
 def local_attention(
@@ -177,7 +186,8 @@ def local_attention(
   operands); "auto" picks by `resolve_attention_impl`.
   """
   if impl == "auto":
-    impl = resolve_attention_impl(jax.default_backend(), jax.device_count())
+    impl = resolve_attention_impl(jax.default_backend(), jax.device_count(),
+                                  q.shape[-1])
   if impl == "xla":
     return blocked_local_attention(q, k, v, doc_ids, window)
   if impl not in ATTENTION_IMPLS:

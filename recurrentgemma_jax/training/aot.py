@@ -158,13 +158,16 @@ def topology_devices(slice_name: str
 
 def _model_config(config: ml_collections.ConfigDict, tpu: bool = True
                   ) -> GriffinConfig:
-  """The model of `config` with the Pallas TPU scans (`tpu`), without
-  reading data or weights (only the tokenizer or the synthetic task, for
-  the vocabulary `loop.setup` would give it)."""
+  """The model of `config` with the Pallas TPU scans and XLA attention
+  (`tpu`: "auto" would pick for the host's backend, a GPU's kernel on a GPU
+  host), without reading data or weights (only the tokenizer or the
+  synthetic task, for the vocabulary `loop.setup` would give it)."""
   model = config.model.copy_and_resolve_references()
   model.unlock()
   if tpu:
     model.scan_impl = "pallas_tpu"
+    if model.get("attention_impl", "auto") == "auto":
+      model.attention_impl = "xla"
   if model.vocab_size is not None or config.init_from.checkpoint:
     # Released weights keep their preset's vocabulary.
     return config_lib.build_model_config(model)

@@ -118,15 +118,33 @@ def test_unknown_attention_impl_is_a_config_error():
                      attention_impl="flash")
 
 
-@pytest.mark.parametrize("backend, devices, want", [
-    ("gpu", 1, "pallas_gpu"),  # timed faster on an H200 (docs/benchmarks.md)
-    ("gpu", 2, "xla"),  # the kernel would gather its operands per device
-    ("tpu", 1, "xla"),
-    ("cpu", 1, "xla"),
+@pytest.mark.parametrize("backend, devices, head_dim, want", [
+    ("gpu", 1, 128, "pallas_gpu"),  # timed faster on an H200
+    ("gpu", 1, 16, "pallas_gpu"),
+    ("gpu", 1, 8, "xla"),  # sizes the kernel refuses: below 16,
+    ("gpu", 1, 24, "xla"),  # not a power of 2
+    ("gpu", 2, 128, "xla"),  # the kernel would gather its operands per device
+    ("tpu", 1, 128, "xla"),
+    ("cpu", 1, 128, "xla"),
 ])
-def test_auto_attention_picks_the_flash_kernel_only_on_one_gpu(
-    backend, devices, want):
-  assert attention.resolve_attention_impl(backend, devices) == want
+def test_auto_attention_picks_the_flash_kernel_only_where_it_runs(
+    backend, devices, head_dim, want):
+  assert attention.resolve_attention_impl(backend, devices, head_dim) == want
+
+
+@pytest.mark.parametrize("head_dim", [8, 16, 24, 32, 48, 64])
+def test_the_flash_kernel_refuses_exactly_the_head_sizes_auto_avoids(
+    head_dim):
+  from pallas_kernels import gpu_local_attention  # pylint: disable=g-import-not-at-top
+  q = jnp.ones((1, 16, 2, head_dim))
+  run = lambda: gpu_local_attention.local_attention(
+      q, q[:, :, 0], q[:, :, 0], jnp.zeros((1, 16), jnp.int32), 4,
+      interpret=True)
+  if attention.flash_kernel_applies(head_dim):
+    assert run().shape == q.shape
+  else:
+    with pytest.raises(ValueError, match="head dimension"):
+      run()
 
 
 def test_auto_attention_on_cpu_runs_the_blocked_einsum(monkeypatch):

@@ -90,6 +90,22 @@ def test_lru_fields_follow_width_and_heads_until_set():
     base.replace(width=36, num_heads=3, lru_width=32)
 
 
+def test_a_following_field_is_not_equal_to_the_same_value_set():
+  """Equal configs must behave alike under `replace` (jit and caches key
+  on equality and hash)."""
+  kw = dict(vocab_size=10, width=32, mlp_expanded_width=64, num_heads=4,
+            block_types=("recurrent",))
+  following = rg.GriffinConfig(**kw)
+  pinned = rg.GriffinConfig(**kw, lru_width=32, lru_num_heads=4)
+  assert following.lru_width == pinned.lru_width
+  assert following != pinned
+  assert following.replace(width=64).lru_width != pinned.replace(
+      width=64).lru_width
+  assert following == rg.GriffinConfig(**kw)
+  assert hash(following) == hash(rg.GriffinConfig(**kw))
+  assert len({following, pinned, rg.GriffinConfig(**kw)}) == 2
+
+
 def test_remat_policies_are_the_allowed_names():
   assert tuple(rg.config.REMAT_POLICIES) == ("none", "full", "dots",
                                              "dots_no_batch")

@@ -73,3 +73,12 @@ def test_load_checkpoint_checks_preset_and_path(tmp_path):
     rg.load_official_checkpoint(tmp_path / "ckpt", preset="recurrentgemma-2b")
   with pytest.raises(FileNotFoundError, match="not found"):
     rg.load_official_checkpoint(tmp_path / "missing")
+
+
+def test_an_int8_model_is_not_exported_to_the_official_layout():
+  _, _, params = oracle.make((R, A))
+  model = rg.from_official(params, attention_window_size=8,
+                           logits_soft_cap=30.0,
+                           embeddings_scale_by_sqrt_dim=True)
+  with pytest.raises(ValueError, match="int8"):
+    rg.to_official(rg.quantize_int8(model))

@@ -121,3 +121,13 @@ def test_fsdp_keeps_activations_batch_sharded_on_tpu():
       r"= (?:f32|bf16)\[(?:\d+,)*8,40(?:,\d+)*\][^ ]* "
       r"(?:all-gather|all-reduce|reduce-scatter|all-to-all)", hlo)
   assert not whole_batch
+
+
+def test_tpu_compilation_uses_xla_attention_whatever_the_host():
+  """"auto" would resolve for the host's backend (the GPU kernel on a GPU
+  host); a TPU program gets the XLA attention and the TPU scans."""
+  config = _tiny()
+  model = aot._model_config(config, tpu=True)  # pylint: disable=protected-access
+  assert (model.attention_impl, model.scan_impl) == ("xla", "pallas_tpu")
+  config.model.attention_impl = "pallas_gpu"  # an explicit choice stays
+  assert aot._model_config(config, tpu=True).attention_impl == "pallas_gpu"  # pylint: disable=protected-access

@@ -427,3 +427,14 @@ def test_sigterm_stops_runs_at_a_checkpoint_and_run_resumes(tmp_path):
   assert _complete_steps(workdir)[-1] > stopped_at
   steps = logged_steps()
   assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))
+
+
+def test_study_all_leaves_out_the_official_control_unless_named():
+  """The control needs the official package, which is not a dependency."""
+  from recurrentgemma_jax.cli import reproduce as reproduce_cli  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.paper import studies  # pylint: disable=g-import-not-at-top
+  size = studies.STUDIES["official_control"].sizes[0]
+  every = reproduce_cli.chosen_studies("all", size, ["griffin"])
+  assert "official_control" not in every and every
+  assert reproduce_cli.chosen_studies("official_control", size,
+                                      ["griffin"]) == ["official_control"]
