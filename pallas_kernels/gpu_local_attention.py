@@ -314,6 +314,11 @@ def _attention_bwd(window, interpret, config, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def head_dim_supported(head_dim: int) -> bool:
+  """The head sizes the kernels take: powers of 2 from 16."""
+  return head_dim >= 16 and not head_dim & (head_dim - 1)
+
+
 def local_attention(
     q: jax.Array,
     k: jax.Array,
@@ -348,7 +353,7 @@ def local_attention(
   if k.dtype != q.dtype or v.dtype != q.dtype:
     raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, "
                      f"{k.dtype}, {v.dtype}")
-  if h < 16 or h & (h - 1):
+  if not head_dim_supported(h):
     raise ValueError(f"head dimension must be a power of 2 >= 16, got {h}")
   if window is not None and window < 0:
     raise ValueError(f"window must be >= 0 or None, got {window}")

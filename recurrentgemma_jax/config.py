@@ -62,7 +62,9 @@ class BlockType(str, enum.Enum):
     )
 
 
-def _dtype_name(field: str, value: Any) -> str:
+def dtype_name(field: str, value: Any) -> str:
+  """The name of dtype `value` if it is one of `DTYPES`, else a ConfigError
+  naming `field`."""
   try:
     name = jnp.dtype(value).name
   except TypeError:
@@ -173,8 +175,8 @@ class GriffinConfig:
     set_("logits_soft_cap", float(self.logits_soft_cap))
     if not isinstance(self.embeddings_scale_by_sqrt_dim, bool):
       raise ConfigError("embeddings_scale_by_sqrt_dim: must be a bool")
-    set_("dtype", _dtype_name("dtype", self.dtype))
-    set_("param_dtype", _dtype_name("param_dtype", self.param_dtype))
+    set_("dtype", dtype_name("dtype", self.dtype))
+    set_("param_dtype", dtype_name("param_dtype", self.param_dtype))
     if self.scan_impl not in SCAN_IMPLS:
       raise ConfigError(
           f"scan_impl: {self.scan_impl!r} is not one of {SCAN_IMPLS}"

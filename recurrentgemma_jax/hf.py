@@ -41,6 +41,7 @@ from flax import nnx
 
 from recurrentgemma_jax import safetensors_io
 from recurrentgemma_jax import weights
+from recurrentgemma_jax import config as config_lib
 from recurrentgemma_jax.config import BlockType
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
@@ -68,7 +69,7 @@ _HF_DEFAULTS = {
     "num_key_value_heads": None, "attention_bias": False,
     "tie_word_embeddings": True,
 }
-_FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+_FLOAT_DTYPES = config_lib.DTYPES  # the dtypes a checkpoint may store
 
 
 # Configs -------------------------------------------------------------------
@@ -515,7 +516,7 @@ def to_hf(
       global-attention or un-capped model, ...), before anything is written.
   """
   config = model.config
-  dtype = config.param_dtype if dtype is None else _storage_dtype(dtype)
+  dtype = config.param_dtype if dtype is None else config_lib.dtype_name("to_hf: dtype", dtype)
   hf_config = config_to_hf(config, dtype=dtype)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   paths = lambda tree: {jax.tree_util.keystr(p) for p, _ in
@@ -538,11 +539,3 @@ def to_hf(
       overwrite=overwrite)
 
 
-def _storage_dtype(value: Any) -> str:
-  try:
-    name = jnp.dtype(value).name
-  except TypeError:
-    name = None
-  if name not in _FLOAT_DTYPES:
-    raise ConfigError(f"to_hf: dtype={value!r} is not one of {_FLOAT_DTYPES}")
-  return name

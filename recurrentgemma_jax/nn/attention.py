@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pallas_kernels import gpu_local_attention
 from recurrentgemma_jax.config import ATTENTION_IMPLS
 from recurrentgemma_jax.nn.linear import Dense
 
@@ -149,11 +150,6 @@ def blocked_local_attention(
   return out.reshape(b, n * c, *out.shape[3:])[:, :t]
 
 
-def flash_kernel_applies(head_dim: int) -> bool:
-  """Whether `pallas_kernels.gpu_local_attention` takes this head size."""
-  return head_dim >= 16 and not head_dim & (head_dim - 1)
-
-
 def resolve_attention_impl(backend: str, device_count: int,
                            head_dim: int) -> str:
   """The implementation `attention_impl="auto"` runs.
@@ -165,7 +161,8 @@ def resolve_attention_impl(backend: str, device_count: int,
   (the blocked einsum) stays the choice there, for other head sizes, and on
   TPU and CPU.
   """
-  if backend == "gpu" and device_count == 1 and flash_kernel_applies(head_dim):
+  if (backend == "gpu" and device_count == 1
+      and gpu_local_attention.head_dim_supported(head_dim)):
     return "pallas_gpu"
   return "xla"
 
@@ -197,8 +194,6 @@ def local_attention(
   if backend == "tpu":
     raise ValueError("attention_impl='pallas_gpu' is a GPU kernel; use "
                      "'auto' or 'xla' on TPU")
-  # pylint: disable-next=g-import-not-at-top
-  from pallas_kernels import gpu_local_attention
   return gpu_local_attention.local_attention(
       q, k, v, doc_ids, window, interpret=backend != "gpu")
 

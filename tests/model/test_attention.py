@@ -140,7 +140,7 @@ def test_the_flash_kernel_refuses_exactly_the_head_sizes_auto_avoids(
   run = lambda: gpu_local_attention.local_attention(
       q, q[:, :, 0], q[:, :, 0], jnp.zeros((1, 16), jnp.int32), 4,
       interpret=True)
-  if attention.flash_kernel_applies(head_dim):
+  if gpu_local_attention.head_dim_supported(head_dim):
     assert run().shape == q.shape
   else:
     with pytest.raises(ValueError, match="head dimension"):

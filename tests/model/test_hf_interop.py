@@ -340,7 +340,7 @@ def test_to_hf_never_mixes_two_checkpoints(tmp_path):
     hf.to_hf(second, tmp_path / "ckpt")
   assert {f: (tmp_path / "ckpt" / f).read_bytes()
           for f in os.listdir(tmp_path / "ckpt")} == before
-  with pytest.raises(ConfigError, match="dtype="):
+  with pytest.raises(ConfigError, match=r"to_hf: dtype: .int8. is not one of"):
     hf.to_hf(second, tmp_path / "ckpt", dtype="int8", overwrite=True)
   hf.to_hf(second, tmp_path / "ckpt", overwrite=True)  # one file now
   assert sorted(os.listdir(tmp_path / "ckpt")) == [
