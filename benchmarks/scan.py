@@ -179,6 +179,7 @@ def _rg_lru_fns(fused: bool, **options):
 PALLAS_VARIANTS = {  # ("lookback" needs RG_EXPERIMENTAL_LOOKBACK=1)
     "pallas_gpu walk": dict(variant="walk"),
     "pallas_gpu chunked": dict(variant="chunked"),
+    "pallas_gpu tiled": dict(variant="tiled"),
     "pallas_gpu lookback": dict(variant="lookback"),
     "pallas_gpu auto": dict(variant="auto"),
 }

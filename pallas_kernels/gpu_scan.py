@@ -41,6 +41,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import gpu_chunked_scan
 from pallas_kernels import gpu_common
 from pallas_kernels import gpu_lookback_scan
+from pallas_kernels import gpu_tiled_scan
 
 
 # ----------------------------------------------------------------------------
@@ -158,8 +159,17 @@ def _scan_backward(a, y, h0, dy, dh_last, x_dtype, reverse, interpret, config):
 
 _scan = gpu_common.differentiable_scan(_scan_forward, _scan_backward)
 
+# The variants with their own modules: name -> (config type, scan).
+_OTHER_VARIANTS = {
+    "chunked": (gpu_chunked_scan.ChunkedScanConfig,
+                gpu_chunked_scan.chunked_scan),
+    "tiled": (gpu_tiled_scan.TiledScanConfig, gpu_tiled_scan.tiled_scan),
+    "lookback": (gpu_lookback_scan.LookbackScanConfig,
+                 gpu_lookback_scan.lookback_scan),
+}
 
-VARIANTS = ("auto", "walk", "chunked", "lookback")
+
+VARIANTS = ("auto", "walk", "chunked", "tiled", "lookback")
 
 
 # `choose_variant`'s thresholds, measured on the H200 (docs/benchmarks.md,
@@ -212,6 +222,8 @@ def linear_scan(
     splits: int | None = None,
     target_programs: int | None = None,
     max_splits: int | None = None,
+    block_t: int | None = None,
+    bwd_block_t: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Differentiable linear scan on GPU (the `pallas_gpu` impl).
 
@@ -223,14 +235,16 @@ def linear_scan(
     interpret: run the Pallas kernels in interpret mode (CPU).
     variant: "walk" (one program walks all T steps of its features, this
       module), "chunked" (time split into chunks too, two passes,
-      `gpu_chunked_scan`), "lookback" (one pass, experimental,
-      `gpu_lookback_scan`) or "auto" (`choose_variant`).
+      `gpu_chunked_scan`), "tiled" (one pass over `[block_t, block_d]`
+      tiles scanned in parallel along time, `gpu_tiled_scan`), "lookback"
+      (one pass, experimental, `gpu_lookback_scan`) or "auto"
+      (`choose_variant`).
     block_d, chunk, bwd_chunk, num_warps: overrides of the chosen
       variant's config (`ScanConfig`, `ChunkedScanConfig` or
       `LookbackScanConfig`; None keeps the default).
     pipeline: override for "walk" and "chunked".
     num_stages: override for "walk"; splits, target_programs, max_splits:
-      for "chunked".
+      for "chunked"; block_t, bwd_block_t: for "tiled".
 
   Returns:
     `(y [B, T, D] in x.dtype, h_last [B, D] float32)`.
@@ -244,23 +258,20 @@ def linear_scan(
   given = {k: v for k, v in dict(
       block_d=block_d, chunk=chunk, bwd_chunk=bwd_chunk, num_warps=num_warps,
       pipeline=pipeline, num_stages=num_stages, splits=splits,
-      target_programs=target_programs, max_splits=max_splits).items()
+      target_programs=target_programs, max_splits=max_splits,
+      block_t=block_t, bwd_block_t=bwd_block_t).items()
             if v is not None}
   if variant != "walk":
-    configs = {"chunked": gpu_chunked_scan.ChunkedScanConfig,
-               "lookback": gpu_lookback_scan.LookbackScanConfig}
-    fields = {f.name for f in dataclasses.fields(configs[variant])}
+    config_type, scan = _OTHER_VARIANTS[variant]
+    fields = {f.name for f in dataclasses.fields(config_type)}
     if set(given) - fields:
       raise TypeError(f"{sorted(set(given) - fields)} do not apply to "
                       f"variant={variant!r} (its options: {sorted(fields)})")
-    config = configs[variant](**given)
-    scan = (gpu_chunked_scan.chunked_scan if variant == "chunked"
-            else gpu_lookback_scan.lookback_scan)
-    return scan(x, a, h0, reverse, interpret, config)
-  chunked_only = {k for k in ("splits", "target_programs", "max_splits")
-                  if k in given}
-  if chunked_only:
-    raise TypeError(f"{sorted(chunked_only)} apply to variant='chunked' only")
+    return scan(x, a, h0, reverse, interpret, config_type(**given))
+  walk_fields = {f.name for f in dataclasses.fields(gpu_common.ScanConfig)}
+  if set(given) - walk_fields:
+    raise TypeError(f"{sorted(set(given) - walk_fields)} do not apply to "
+                    f"variant='walk' (its options: {sorted(walk_fields)})")
   config = gpu_common.resolve_config(
       batch, width, gpu_common.ScanConfig(), block_d=block_d,
       chunk=chunk, bwd_chunk=bwd_chunk, pipeline=pipeline,

@@ -1,12 +1,15 @@
-"""The time-parallel GPU scans (two-pass `variant="chunked"`, and the
-experimental one-pass `variant="lookback"`)
-against the float64 oracle.
+"""The GPU scan variants beside the walk against the float64 oracle: the
+time-parallel two-pass `variant="chunked"`, the one-pass tiled
+`variant="tiled"` and the experimental one-pass `variant="lookback"`.
 
 On CPU the kernels run in Pallas interpret mode, where programs run one
 after another in grid order; on a GPU backend (`JAX_PLATFORMS=cuda`) the
-same tests run the compiled two-pass kernels (the look-back ones only with
-RG_EXPERIMENTAL_LOOKBACK=1).
+same tests run the compiled kernels (the look-back ones only with
+RG_EXPERIMENTAL_LOOKBACK=1), and the tiled ones test the Triton lowering of
+`gpu_tiled_scan.affine_scan` (`tt.scan` with the affine combine).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ import pytest
 import pallas_kernels
 from pallas_kernels import gpu_chunked_scan
 from pallas_kernels import gpu_lookback_scan
+from pallas_kernels import gpu_tiled_scan
 from pallas_kernels import reference
 
 INTERPRET = jax.default_backend() != "gpu"
@@ -100,6 +104,63 @@ def test_look_back_matches_float64_oracle_in_interpret_mode(
                         dict(chunk=8, bwd_chunk=8), variant="lookback")
 
 
+# (B, T, D, x dtype, a dtype, reverse, options) of the tiled kernels. T
+# prime, below one tile, or 1; D below, at and past a block, so that the
+# last time tile and the last feature block are shifted back inside the
+# array; both directions and dtype mixes; pipelined or not.
+TILED_CASES = [
+    (2, 37, 100, jnp.float32, jnp.float32, False, dict(block_t=8, block_d=32)),
+    (2, 37, 100, jnp.float32, jnp.float32, True,
+     dict(block_t=8, bwd_block_t=4, block_d=32)),
+    (1, 131, 20, jnp.float32, jnp.float32, True,
+     dict(block_t=16, bwd_block_t=16, block_d=8, pipeline=False)),
+    (1, 5, 3, jnp.float32, jnp.float32, False, dict(block_t=8, block_d=32)),
+    (3, 1, 40, jnp.float32, jnp.float32, True, dict()),
+    (3, 29, 96, jnp.bfloat16, jnp.bfloat16, True, dict(block_t=4)),
+    (2, 19, 33, jnp.bfloat16, jnp.float32, False, dict(block_t=8)),
+    (1, 300, 64, jnp.float32, jnp.bfloat16, False, dict()),  # the defaults
+]
+
+
+@pytest.mark.parametrize("b,t,d,x_dtype,a_dtype,reverse,options",
+                         TILED_CASES)
+def test_tiled_matches_float64_oracle(b, t, d, x_dtype, a_dtype, reverse,
+                                      options):
+  _check_against_oracle(b, t, d, x_dtype, a_dtype, reverse, options,
+                        variant="tiled")
+
+
+def test_tiled_tiles_stay_inside_the_arrays():
+  # Tiles never exceed T, feature blocks never exceed D (so no index is
+  # ever clipped into a duplicate of a stored row).
+  walk = gpu_tiled_scan._walk((1, 37, 20), 64,
+                              gpu_tiled_scan.TiledScanConfig(block_d=32),
+                              backward_in_time=True)
+  assert (walk.rows, walk.block_d, walk.n_tiles) == (32, 16, 2)
+  assert gpu_tiled_scan.fitted_block_d(1, 32) == 1
+  assert gpu_tiled_scan.fitted_block_d(2560, 32) == 32
+  with pytest.raises(ValueError, match="block_t must be a power of 2"):
+    gpu_tiled_scan.TiledScanConfig(block_t=48)
+
+
+def test_affine_scan_composes_in_walk_order():
+  # The primitive's own rule (interpret mode and XLA): row t maps the state
+  # before the walk to the state after row t, from the last row when
+  # reverse. Checked against an explicit loop.
+  rng = np.random.default_rng(3)
+  a = rng.uniform(0.2, 1.0, (9, 4)).astype(np.float32)
+  b = rng.standard_normal((9, 4)).astype(np.float32)
+  for reverse in (False, True):
+    got_a, got_b = jax.jit(functools.partial(
+        gpu_tiled_scan.affine_scan, reverse=reverse))(a, b)
+    want_a, want_b = np.ones(4), np.zeros(4)
+    rows = range(8, -1, -1) if reverse else range(9)
+    for t in rows:
+      want_a, want_b = a[t] * want_a, a[t] * want_b + b[t]
+      np.testing.assert_allclose(got_a[t], want_a, rtol=1e-6)
+      np.testing.assert_allclose(got_b[t], want_b, rtol=1e-5, atol=1e-6)
+
+
 def test_look_back_refuses_to_compile_unless_enabled(monkeypatch):
   monkeypatch.delenv(gpu_lookback_scan.ENABLE_VARIABLE, raising=False)
   x = jnp.ones((1, 8, 32), jnp.float32)
@@ -133,9 +194,12 @@ def test_options_are_checked():
   with pytest.raises(TypeError, match="splits.*do not apply"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
                                variant="lookback", splits=2)
-  with pytest.raises(TypeError, match="chunked"):
+  with pytest.raises(TypeError, match="splits.*do not apply.*walk"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
                                variant="walk", splits=2)
+  with pytest.raises(TypeError, match="block_t.*do not apply.*chunked"):
+    pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
+                               variant="chunked", block_t=64)
   with pytest.raises(ValueError, match="variant"):
     pallas_kernels.linear_scan(x, x, impl="pallas_gpu", interpret=True,
                                variant="fast")
