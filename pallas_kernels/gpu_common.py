@@ -4,8 +4,8 @@
 the fused RG-LRU), masked loads and stores in float32, the time walk that
 keeps `chunk` rows of loads in flight, and `differentiable_scan`, which
 gives a variant's forward and backward launchers one custom VJP. The
-kernels themselves live in `gpu_scan` (walk), `gpu_chunked_scan`, `gpu_tiled_scan`,
-`gpu_lookback_scan` and `gpu_rg_lru`.
+kernels themselves live in `gpu_scan` (walk), `gpu_chunked_scan`,
+`gpu_tiled_scan`, `gpu_lookback_scan` and `gpu_rg_lru`.
 """
 
 from __future__ import annotations
