@@ -105,9 +105,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   shapes = [tuple(int(v) for v in s.split(",")) for s in
             args.shapes.split(";") if s] or list(SHAPES)
-  configs = [{}] + [
-      {k: int(v) for k, v in (kv.split("=") for kv in item.split(","))}
-      for item in args.configs.split(";") if item]
+  configs = [{}] + scan_bench._parse_options(args.configs)  # pylint: disable=protected-access
   for options in configs:  # bad tiles fail before anything is timed
     gpu_matvec.MatvecConfig(**options)
   copy_tbs = (float("nan") if args.interpret else

@@ -59,6 +59,15 @@ class ScanConfig:
       )
 
 
+def check_powers_of_2(config, names) -> None:
+  """Raises ValueError naming the first of `names` (fields of `config`)
+  that is not a power of 2."""
+  for name in names:
+    value = getattr(config, name)
+    if value < 1 or value & (value - 1):
+      raise ValueError(f"{name} must be a power of 2, got {value}")
+
+
 def resolve_config(
     batch: int, width: int, base: ScanConfig, **overrides
 ) -> ScanConfig:

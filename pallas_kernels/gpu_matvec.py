@@ -37,6 +37,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels import gpu_common
+
 # The kernel keeps one [block_k, block_n] float32 accumulator per row.
 MAX_ROWS = 4
 # Programs `splits=0` aims for: about two per SM of a 132-SM H100/H200.
@@ -63,10 +65,7 @@ class MatvecConfig:
   pipeline: bool = True
 
   def __post_init__(self):
-    for name in ("block_n", "block_k"):
-      value = getattr(self, name)
-      if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of 2, got {value}")
+    gpu_common.check_powers_of_2(self, ("block_n", "block_k"))
     if self.splits < 0 or self.num_warps < 1:
       raise ValueError(f"splits must be >= 0 and num_warps >= 1, got "
                        f"{self.splits}, {self.num_warps}")

@@ -94,24 +94,18 @@ mlir.register_lowering(
     mlir.lower_fun(_affine_scan_reference, multiple_results=True))
 
 
-# Whether `tt.scan`'s combine region receives the new row before the
-# accumulated prefix, by direction (`reverse`). Checked on the H200 by the
-# oracle tests of tests/kernels/test_gpu_chunked_scan.py.
-_REGION_TAKES_NEW_ROW_FIRST = {False: False, True: False}
-
-
 def _affine_scan_triton(ctx, a, b, *, reverse: bool):
   """`tt.scan` along axis 0. Its combine region gets the accumulated
   prefix first and the new row second, in walk order for both directions
-  (Triton's reverse scan runs the same combine from the last row)."""
+  (Triton's reverse scan runs the same combine from the last row; a probe on
+  the H200 checked both orders in both directions, and the compiled oracle
+  tests of tests/kernels/test_gpu_chunked_scan.py hold it)."""
   del ctx
   elem = [ir.RankedTensorType(v.type).element_type for v in (a, b)]
   scan = tt_dialect.ScanOp([a, b], 0, reverse)
   block = scan.regions[0].blocks.append(*elem, *elem)
   with ir.InsertionPoint.at_block_begin(block):
     a1, b1, a2, b2 = block.arguments
-    if _REGION_TAKES_NEW_ROW_FIRST[reverse]:
-      a1, b1, a2, b2 = a2, b2, a1, b1
     tt_dialect.scan_return([
         arith_dialect.mulf(a1, a2),
         arith_dialect.addf(arith_dialect.mulf(a2, b1), b2),
@@ -159,10 +153,7 @@ class TiledScanConfig:
   pipeline: bool = True
 
   def __post_init__(self):
-    for name in ("block_t", "block_d", "bwd_block_t"):
-      value = getattr(self, name)
-      if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of 2, got {value}")
+    gpu_common.check_powers_of_2(self, ("block_t", "block_d", "bwd_block_t"))
     if self.num_warps < 1:
       raise ValueError(f"num_warps must be positive, got {self.num_warps}")
 
