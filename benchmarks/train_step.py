@@ -2,21 +2,29 @@ r"""Training-step speed: our Griffin, Hawk and MQA against the official model.
 
     python benchmarks/train_step.py [--models griffin,hawk,mqa,official] \
         [--width 1024 --depth 12 --vocab 32000 --batch 8 --seq_len 2048] \
-        [--long] [--overhead] [--out results.jsonl] [--profile DIR] \
-        [--attention_impl auto|xla|pallas_gpu]
+        [--long | --only_long] [--overhead] [--out results.jsonl] \
+        [--profile DIR] [--attention_impl auto|xla|pallas_gpu]
 
 Every model trains with the same AdamW (clipping, masked decay), bfloat16
 compute and float32 parameters and optimizer state, no remat, on one device.
 "official" is `recurrentgemma.jax.Griffin` (PyPI `recurrentgemma`, Flax
 Linen, `gradient_checkpointing=False`, its default scan) in the Griffin
-configuration, trained by a step written the usual Linen way. `--long` also
-runs Griffin, Hawk and the official model at 4x the length and 1/4 of the
-batch (the same tokens per step). `--overhead` times the dispatch cost of
-our functional step (`nnx.merge` inside `jax.jit`) against a stateful
-`nnx.jit` step on a tiny model, where dispatch dominates.
+configuration, trained by a plain step written the usual way (bfloat16
+logits cast to float32, integer-label cross-entropy, masked mean, AdamW).
+Ours trains with the step `recurrentgemma_jax.train` runs; `griffin-plain`
+(and `hawk-plain`, `mqa-plain`) trains ours with the official model's plain
+step instead. `--long` also runs every model at 4x the length and 1/4 of
+the batch (the same tokens per step; MQA's global attention then costs
+4x the attention FLOPs per token, which its MFU counts). `--overhead`
+times the dispatch cost of our functional step (`nnx.merge` inside
+`jax.jit`) against a stateful `nnx.jit` step on a tiny model, where
+dispatch dominates.
 
-Reports per configuration: median step time, tokens/s and MFU (FLOPs from
-`recurrentgemma_jax.training.flops`, docs/flops.md). Imports only jax, flax,
+Reports per configuration: median, fastest and slowest step, tokens/s, MFU
+(FLOPs from `recurrentgemma_jax.training.flops`, docs/flops.md), the
+compiled step's device memory (state, batch, XLA's temporaries; the
+process's allocator peak too in the JSON rows), and the seconds spent
+initialising the parameters and compiling the step. Imports only jax, flax,
 optax, ml_collections and this repository (plus `recurrentgemma` for the
 official model).
 """
@@ -82,36 +90,100 @@ def make_batch(batch: int, seq_len: int, vocab: int):
   }
 
 
-def time_steps(step, state, batch, steps: int, warmup: int):
-  """Median seconds per step (each timed to completion) after warmup."""
+def time_steps(step, state, batch, steps: int, warmup: int) -> dict:
+  """Step seconds (each step timed to completion) after `warmup` steps,
+  with the compiled step's memory and its compile time."""
+  start = time.perf_counter()
+  # A stateful nnx.jit step (dispatch_overhead) has no `lower`.
+  compiled = (step.lower(state, batch).compile() if hasattr(step, "lower")
+              else step)
+  compile_s = time.perf_counter() - start
   for _ in range(warmup):
-    state, metrics = step(state, batch)
+    state, metrics = compiled(state, batch)
   jax.block_until_ready((state, metrics))
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, metrics = step(state, batch)
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  return statistics.median(times), float(metrics["loss"])
+  times.sort()
+  return {"seconds": statistics.median(times), "min_s": times[0],
+          "max_s": times[-1], "loss": float(metrics["loss"]),
+          "compile_s": compile_s,
+          **(step_memory(compiled) if compiled is not step else {})}
+
+
+def step_memory(compiled) -> dict:
+  """Device bytes the compiled step needs: its arguments (the state and the
+  batch), outputs not aliased to donated arguments, and XLA's temporaries;
+  plus the process's peak so far where the backend reports it."""
+  out = {}
+  analysis = compiled.memory_analysis()
+  if analysis is not None:
+    out["step_bytes"] = (analysis.argument_size_in_bytes
+                         + analysis.output_size_in_bytes
+                         - analysis.alias_size_in_bytes
+                         + analysis.temp_size_in_bytes)
+    out["temp_bytes"] = analysis.temp_size_in_bytes
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["process_peak_bytes"] = stats["peak_bytes_in_use"]
+  return out
 
 
 def ours(kind: str, args, batch_size: int, seq_len: int,
-         scan_impl: str = "auto"):
+         scan_impl: str = "auto", plain: bool = False):
+  """Our model trained by `recurrentgemma_jax.train`'s step, or with
+  `plain` by the same plain step the official model gets."""
   config = model_config(kind, args, scan_impl)
   train_cfg = train_config(args)
   tx = optimizer_lib.make_optimizer(train_cfg)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   spec = state_lib.state_spec(config, tx, mesh)
+  start = time.perf_counter()
   state = state_lib.init_train_state(spec, tx, seed=0)
-  step = jax.jit(step_lib.make_train_step(
-      spec.graphdef, tx, optimizer_lib.learning_rate_schedule(train_cfg)),
-      donate_argnums=(0,))
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - start
+  if plain:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+
+    def apply(params, batch):
+      return nnx.merge(spec.graphdef, params)(batch["inputs"],
+                                              batch["segment_pos"])
+
+    step = jax.jit(plain_step(apply, tx), donate_argnums=(0,))
+    state = {"params": state["params"], "opt_state": state["opt_state"]}
+  else:
+    step = jax.jit(step_lib.make_train_step(
+        spec.graphdef, tx, optimizer_lib.learning_rate_schedule(train_cfg)),
+        donate_argnums=(0,))
   batch = make_batch(batch_size, seq_len, args.vocab)
-  seconds, loss = time_steps(step, state, batch, args.steps, args.warmup)
-  profile(args, f"{kind}_{batch_size}x{seq_len}", step, batch,
-          lambda: state_lib.init_train_state(spec, tx, seed=0))
-  return config, seconds, loss, state_lib.num_params(spec)
+  result = time_steps(step, state, batch, args.steps, args.warmup)
+  if not plain:
+    profile(args, f"{kind}_{batch_size}x{seq_len}", step, batch,
+            lambda: state_lib.init_train_state(spec, tx, seed=0))
+  return config, {**result, "init_s": init_s}, state_lib.num_params(spec)
+
+
+def plain_step(apply, tx):
+  """The conventional step both models get: bfloat16 logits cast to
+  float32, integer-label cross-entropy, masked mean, AdamW."""
+
+  def loss_fn(params, batch):
+    logits = apply(params, batch).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                          batch["targets"])
+    return jnp.sum(nll * batch["mask"]) / jnp.sum(batch["mask"])
+
+  def step(state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+    updates, opt_state = tx.update(grads, state["opt_state"],
+                                   state["params"])
+    return ({"params": optax.apply_updates(state["params"], updates),
+             "opt_state": opt_state}, {"loss": loss})
+
+  return step
 
 
 def official(args, batch_size: int, seq_len: int):
@@ -136,34 +208,27 @@ def official(args, batch_size: int, seq_len: int):
   model = rg_official.Griffin(official_config, gradient_checkpointing=False,
                               dtype=jnp.bfloat16, param_dtype=jnp.float32)
   batch = make_batch(batch_size, seq_len, args.vocab)
-  params = jax.jit(model.init)(jax.random.key(0), batch["inputs"],
-                               batch["segment_pos"])["params"]
+  start = time.perf_counter()
+  with state_lib.fast_random_lowering(jax.devices()[:1]):  # as ours
+    params = jax.jit(model.init)(jax.random.key(0), batch["inputs"],
+                                 batch["segment_pos"])["params"]
+  jax.block_until_ready(params)
+  init_s = time.perf_counter() - start
   train_cfg = train_config(args)
   tx = optimizer_lib.make_optimizer(train_cfg)
   state = {"params": params, "opt_state": tx.init(params)}
   params = jax.tree.map(jnp.copy, params)  # `state`'s are donated
 
-  def loss_fn(params, batch):
-    logits, _ = model.apply({"params": params}, batch["inputs"],
-                            batch["segment_pos"])
-    logits = logits.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                          batch["targets"])
-    return jnp.sum(nll * batch["mask"]) / jnp.sum(batch["mask"])
+  def apply(params, batch):
+    return model.apply({"params": params}, batch["inputs"],
+                       batch["segment_pos"])[0]
 
-  def step(state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
-    updates, opt_state = tx.update(grads, state["opt_state"],
-                                   state["params"])
-    return ({"params": optax.apply_updates(state["params"], updates),
-             "opt_state": opt_state}, {"loss": loss})
-
-  step = jax.jit(step, donate_argnums=(0,))
+  step = jax.jit(plain_step(apply, tx), donate_argnums=(0,))
   n = sum(x.size for x in jax.tree.leaves(params))
-  seconds, loss = time_steps(step, state, batch, args.steps, args.warmup)
+  result = time_steps(step, state, batch, args.steps, args.warmup)
   profile(args, f"official_{batch_size}x{seq_len}", step, batch,
           lambda: {"params": params, "opt_state": tx.init(params)})
-  return config, seconds, loss, n
+  return config, {**result, "init_s": init_s}, n
 
 
 def profile(args, name: str, step, batch, fresh_state, steps: int = 3):
@@ -192,7 +257,7 @@ def dispatch_overhead(args) -> dict[str, float]:
 
   tiny = argparse.Namespace(**{**vars(args), "width": 32, "depth": 3,
                                "vocab": 64, "heads": 2, "window": 8})
-  _, functional, _, _ = ours("griffin", tiny, 2, 16)
+  _, functional, _ = ours("griffin", tiny, 2, 16)
   config = model_config("griffin", tiny)
   tx = optimizer_lib.make_optimizer(train_config(tiny))
   model = Griffin(config, rngs=nnx.Rngs(0))
@@ -211,15 +276,19 @@ def dispatch_overhead(args) -> dict[str, float]:
     return {"loss": loss}
 
   batch = make_batch(2, 16, 64)
-  seconds, _ = time_steps(lambda s, b: (s, stateful(model, optimizer, b)),
-                          None, batch, args.steps * 5, args.warmup)
-  return {"functional_jax_jit_ms": 1e3 * functional,
-          "stateful_nnx_jit_ms": 1e3 * seconds}
+  stateful_result = time_steps(
+      lambda s, b: (s, stateful(model, optimizer, b)), None, batch,
+      args.steps * 5, args.warmup)
+  return {"functional_jax_jit_ms": 1e3 * functional["seconds"],
+          "stateful_nnx_jit_ms": 1e3 * stateful_result["seconds"]}
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--models", default="griffin,hawk,mqa,official")
+  p.add_argument("--models", default="griffin,hawk,mqa,official",
+                 help="comma-separated: griffin, hawk, mqa, official; a "
+                 "`-plain` suffix (griffin-plain) trains ours with the "
+                 "official model's plain step")
   p.add_argument("--width", type=int, default=1024)
   p.add_argument("--depth", type=int, default=12)
   p.add_argument("--heads", type=int, default=8)
@@ -231,6 +300,8 @@ def main(argv=None) -> None:
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--long", action="store_true",
                  help="also 4x the length at 1/4 of the batch")
+  p.add_argument("--only_long", action="store_true",
+                 help="only the 4x length at 1/4 of the batch")
   p.add_argument("--overhead", action="store_true",
                  help="also time dispatch: functional vs nnx.jit step")
   p.add_argument("--out", default="", help="append JSON lines here")
@@ -240,28 +311,34 @@ def main(argv=None) -> None:
                  help="also write each model's HLO and a 3-step device "
                  "trace under this folder")
   args = p.parse_args(argv)
+  names = args.models.split(",")
+  known = {"griffin", "hawk", "mqa", "official"}
+  for name in names:
+    if name.removesuffix("-plain") not in known or name == "official-plain":
+      p.error(f"--models: unknown model {name!r}; allowed: "
+              f"{sorted(known)}, and griffin-plain, hawk-plain, mqa-plain")
 
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)
   print(f"device: {device.device_kind}, jax {jax.__version__}, scan impl "
         f"{pallas_kernels.resolve_impl('auto')}", flush=True)
-  shapes = [(args.batch, args.seq_len)]
-  if args.long:
-    shapes.append((args.batch // 4, args.seq_len * 4))
-  header = (f"{'model':10s} {'B x T':>11s} {'params':>8s} {'step ms':>9s} "
-            f"{'tokens/s':>11s} {'MFU':>6s}")
-  print(header, flush=True)
+  long_shape = (args.batch // 4, args.seq_len * 4)
+  shapes = ([long_shape] if args.only_long else
+            [(args.batch, args.seq_len)] + ([long_shape] if args.long else []))
+  print(f"{'model':14s} {'B x T':>11s} {'params':>8s} {'step ms':>9s} "
+        f"{'min-max':>13s} {'tokens/s':>11s} {'MFU':>6s} {'step GB':>8s} "
+        f"{'init s':>7s} {'compile s':>9s}", flush=True)
   for b, t in shapes:
-    for name in args.models.split(","):
-      if t != args.seq_len and name == "mqa":
-        continue  # global attention at 4x length: quadratic, not comparable
+    for name in names:
+      kind = name.removesuffix("-plain")
       impl = ("official default" if name == "official"
               else pallas_kernels.resolve_impl("auto"))
       try:
         if name == "official":
-          config, seconds, loss, n = official(args, b, t)
+          config, result, n = official(args, b, t)
         else:
-          config, seconds, loss, n = ours(name, args, b, t)
+          config, result, n = ours(kind, args, b, t,
+                                   plain=name.endswith("-plain"))
       except Exception as e:  # pylint: disable=broad-except
         # Report a kernel that fails on this device, then measure the
         # pure-JAX scan instead of losing the whole run.
@@ -270,18 +347,27 @@ def main(argv=None) -> None:
         if name == "official" or impl == "associative":
           continue
         impl = "associative"
-        config, seconds, loss, n = ours(name, args, b, t, impl)
+        config, result, n = ours(kind, args, b, t, impl,
+                                 plain=name.endswith("-plain"))
+      seconds = result["seconds"]
       tokens_per_s = b * t / seconds
       fl = flops.train_flops_per_token(config, t) * tokens_per_s
       mfu = fl / peak if peak else float("nan")
       row = {"model": name, "batch": b, "seq_len": t, "params": n,
-             "step_ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
-             "mfu": mfu, "loss": loss,
-             "scan_impl": impl,
+             "step_ms": 1e3 * seconds, "min_ms": 1e3 * result["min_s"],
+             "max_ms": 1e3 * result["max_s"], "tokens_per_s": tokens_per_s,
+             "mfu": mfu, "flops_per_token": flops.train_flops_per_token(
+                 config, t), **{k: v for k, v in result.items()
+                                if k not in ("seconds", "min_s", "max_s")},
+             "scan_impl": impl, "attention_impl": args.attention_impl,
              "device": device.device_kind, "jax": jax.__version__}
-      print(f"{name:10s} {f'{b} x {t}':>11s} {n / 1e6:7.1f}M "
-            f"{1e3 * seconds:9.1f} {tokens_per_s:11,.0f} {100 * mfu:5.1f}% "
-            f"({impl})", flush=True)
+      step_gb = result.get("step_bytes", float("nan")) / 1e9
+      spread = f"{1e3 * result['min_s']:.1f}-{1e3 * result['max_s']:.1f}"
+      print(f"{name:14s} {f'{b} x {t}':>11s} {n / 1e6:7.1f}M "
+            f"{1e3 * seconds:9.1f} "
+            f"{spread:>13s} {tokens_per_s:11,.0f} {100 * mfu:5.1f}% {step_gb:8.2f} "
+            f"{result['init_s']:7.1f} {result['compile_s']:9.1f} ({impl})",
+            flush=True)
       if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
           f.write(json.dumps(row) + "\n")

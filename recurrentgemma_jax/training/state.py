@@ -18,8 +18,9 @@ none at all).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -151,10 +152,36 @@ def state_spec(
   return dataclasses.replace(spec, abstract=abstract, shardings=shardings)
 
 
+_THREEFRY_KERNEL = "jax_threefry_gpu_kernel_lowering"
+
+
+@contextlib.contextmanager
+def fast_random_lowering(devices: Any) -> Iterator[None]:
+  """On one GPU, lowers threefry to JAX's CUDA kernel while tracing inside.
+
+  XLA:GPU otherwise gets the 20 threefry rounds unrolled for every random
+  parameter, and the initialiser of a 12-block model took 76 s to compile on
+  an H200 against 8 s on a CPU (docs/benchmarks.md). The kernel gives the
+  same bits. It stays off on several devices: a custom call does not
+  partition, so every device would draw every array whole.
+  """
+  devices = list(devices)
+  use = len(devices) == 1 and devices[0].platform == "gpu"
+  previous = getattr(jax.config, _THREEFRY_KERNEL)
+  if use:
+    jax.config.update(_THREEFRY_KERNEL, True)
+  try:
+    yield
+  finally:
+    if use:
+      jax.config.update(_THREEFRY_KERNEL, previous)
+
+
 def _random_params(spec: StateSpec, seed: int, part: Any) -> Any:
   """`part(params)` of the seed's initialisation, made shard by shard (only
   that part is computed)."""
   abstract = spec.abstract["params"]
+  shardings = part(spec.param_shardings)
 
   def init():
     model = build_model(spec.model_config, spec.lora, seed)
@@ -162,7 +189,10 @@ def _random_params(spec: StateSpec, seed: int, part: Any) -> Any:
     return jax.tree.map(lambda p, a: p.astype(a.dtype), part(params),
                         part(abstract))
 
-  return jax.jit(init, out_shardings=part(spec.param_shardings))()
+  leaves = jax.tree.leaves(shardings)
+  devices = leaves[0].mesh.devices.flat if leaves else []
+  with fast_random_lowering(devices):
+    return jax.jit(init, out_shardings=shardings)()
 
 
 def _placed(params: Any, abstract: Any) -> Any:
