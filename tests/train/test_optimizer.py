@@ -93,6 +93,60 @@ def test_token_stats_match_numpy_and_ignore_masked_tokens():
     np.testing.assert_allclose(stats2[key], stats[key])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_token_stats_gradient_matches_float64(dtype):
+  # The hand-written backward of `log_z_and_target_logit` against the
+  # float64 softmax gradient, with the z-loss term and fractional weights;
+  # V=37 and targets at both ends of the vocabulary.
+  rng = np.random.default_rng(5)
+  b, t, v, z = 3, 7, 37, 0.3
+  logits = jnp.asarray(rng.normal(size=(b, t, v)) * 3, dtype)
+  targets = rng.integers(0, v, (b, t))
+  targets[0, :2] = (0, v - 1)
+  weights = rng.uniform(0, 2, (b, t)).astype(np.float32)
+  weights[1, 3] = 0.0
+
+  def objective(x):
+    stats = loss_lib.token_stats(x, jnp.asarray(targets), jnp.asarray(weights))
+    return stats["loss"] + z * stats["z_loss"]
+
+  grad = jax.jit(jax.grad(objective))(logits)
+  assert grad.dtype == dtype
+  x = np.asarray(logits.astype(jnp.float32), np.float64)
+  log_z = np.log(np.exp(x).sum(-1, keepdims=True))
+  probs = np.exp(x - log_z)
+  onehot = np.eye(v)[targets]
+  want = weights[..., None] * (probs - onehot + 2 * z * log_z * probs)
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(grad, np.float64), want,
+                             atol=tol * np.abs(want).max(), rtol=0)
+  assert np.all(np.asarray(grad[1, 3], np.float64) == 0)  # weight 0
+  # The value is the float64 one too.
+  nll = (log_z[..., 0] - np.take_along_axis(x, targets[..., None], -1)[..., 0])
+  np.testing.assert_allclose(
+      float(objective(logits)),
+      (weights * (nll + z * log_z[..., 0] ** 2)).sum(), rtol=1e-5)
+
+
+def test_token_stats_gradient_equals_autodiff_of_the_formula():
+  # Same gradient as differentiating the plain float32 formula.
+  rng = np.random.default_rng(6)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (2, 5)))
+
+  def plain(x):
+    log_z = jax.nn.logsumexp(x, -1)
+    tl = jnp.take_along_axis(x, targets[..., None], -1)[..., 0]
+    return jnp.sum(log_z - tl) + 0.1 * jnp.sum(log_z**2)
+
+  def ours(x):
+    log_z, tl = loss_lib.log_z_and_target_logit(x, targets)
+    return jnp.sum(log_z - tl) + 0.1 * jnp.sum(log_z**2)
+
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(plain)(logits),
+                             rtol=1e-5, atol=1e-7)
+
+
 @functools.cache
 def _one_step(grad_accum_steps, z_loss=0.0):
   config = train_testlib.tiny_config(grad_accum_steps=grad_accum_steps)
