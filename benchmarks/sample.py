@@ -124,13 +124,20 @@ def peak_gb() -> float | None:
 class Ours:
   """Our decode loop, compiled once per batch size."""
 
-  def __init__(self, model, batch: int, capacity: int, sync_every: int):
+  def __init__(self, model, batch: int, capacity: int, sync_every: int,
+               pad_small_rows: bool = False):
     from recurrentgemma_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import decode as decode_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import logits as logits_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import stopping  # pylint: disable=g-import-not-at-top
 
+    from recurrentgemma_jax.nn import linear  # pylint: disable=g-import-not-at-top
+
+    # The sampler keeps the model's graphdef as it is now, padding setting
+    # included; the shared model goes back to unpadded products.
+    linear.pad_small_rows(model, pad_small_rows)
     self.sampler = Sampler(model, sync_every=sync_every)
+    linear.pad_small_rows(model, False)
     self.model = model
     self.batch = batch
     self.capacity = capacity
@@ -266,7 +273,10 @@ def main(argv=None) -> int:
                       help="run after the main ones, while time remains")
   parser.add_argument("--steps", type=int, default=2048)
   parser.add_argument("--short_steps", type=int, default=256)
-  parser.add_argument("--impls", default="ours,official")
+  parser.add_argument("--impls", default="ours,official",
+                      help="ours, official, ours_pad16 (ours with Dense "
+                      "products of < 16 rows padded to 16: "
+                      "nn.linear.pad_small_rows)")
   parser.add_argument("--sync_every", type=int, default=8)
   parser.add_argument("--budget_s", type=float, default=200.0,
                       help="start no new measurement after this many seconds")
@@ -282,6 +292,10 @@ def main(argv=None) -> int:
                       help="time our loop with int8 weights quantized from "
                       "the same bf16 weights (the official stays bf16)")
   args = parser.parse_args(argv)
+  for impl in args.impls.split(","):
+    if impl not in ("ours", "official", "ours_pad16"):
+      parser.error(f"--impls: unknown {impl!r}; allowed: ours, official, "
+                   "ours_pad16")
 
   # The official sampler type-checks its state with typeguard, which rejects
   # the placeholders `jit(...).lower` passes (the checks only run at trace
@@ -323,12 +337,14 @@ def main(argv=None) -> int:
       log(f"skip {impl} batch {batch}: past the time budget")
       return
     capacity = max(steps_list)
-    name = ours_name if impl == "ours" else impl
+    name = {"ours": ours_name, "ours_pad16": ours_name + "_pad16"}.get(
+        impl, impl)
     try:
       if impl == "official":
         runner = Official(official_model, params, batch, capacity)
       else:
-        runner = Ours(ours_model, batch, capacity, args.sync_every)
+        runner = Ours(ours_model, batch, capacity, args.sync_every,
+                      pad_small_rows=impl == "ours_pad16")
       start = time.perf_counter()
       compiled = runner.compile()
       compile_s = time.perf_counter() - start
@@ -357,7 +373,7 @@ def main(argv=None) -> int:
   plan = []
   for batch in batches:
     for impl in impls:
-      if impl == "ours":
+      if impl.startswith("ours"):
         plan.append((impl, batch, [args.short_steps, args.steps]))
       elif impl == "official":
         plan.append((impl, batch, [args.steps]))

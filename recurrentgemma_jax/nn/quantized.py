@@ -33,6 +33,7 @@ from flax import nnx
 
 from recurrentgemma_jax.nn import params as params_lib
 from recurrentgemma_jax.nn.embedding import Embedder
+from recurrentgemma_jax.nn import linear
 from recurrentgemma_jax.nn.linear import Dense
 
 if TYPE_CHECKING:  # `mlp` imports this module (`scaled_einsum`)
@@ -105,11 +106,14 @@ class QuantizedDense(nnx.Module):
     axes = _axes(dense.kernel)
     self.scale = _scale_param(scale[0], axes and (axes[1],))
     self.bias = dense.bias
+    self.pad_small_rows = dense.pad_small_rows
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., in] -> [..., out]` in the compute dtype."""
     x = params_lib.cast(x, self.dtype)
-    y = scaled_einsum("...i,io->...o", x, self.kernel[...], self.scale)
+    y = linear.small_rows_dot(
+        x, self.kernel[...], self.pad_small_rows,
+        lambda x, q: scaled_einsum("...i,io->...o", x, q, self.scale))
     if self.bias is not None:
       y = y + params_lib.cast(self.bias, self.dtype)
     return y

@@ -45,6 +45,7 @@ from flax import nnx
 
 from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.model import Griffin
+from recurrentgemma_jax.nn import linear
 from recurrentgemma_jax.sampling import decode as decode_lib
 from recurrentgemma_jax.sampling import quantize as quantize_lib
 from recurrentgemma_jax.sampling import stopping
@@ -345,6 +346,7 @@ class Sampler:
       decode_config = self.config.replace(scan_impl=decode_scan_impl)
       abstract = quantize_lib.abstract_model(
           decode_config, quantize_lib.quantization_of(self.model))
+      linear.pad_small_rows(abstract, linear.pads_small_rows(self.model))
       self.decode_graphdef = nnx.split(abstract)[0]
     (self._prefill, self._extend, self._extend_ragged,
      self._decode) = _jitted(self.graphdef, self.decode_graphdef)
