@@ -27,6 +27,7 @@ def test_rows_for_the_real_and_the_plain_step(tmp_path):
   for r in rows:
     assert r["batch"] == 4 and r["seq_len"] == 16
     assert r["min_ms"] <= r["step_ms"] <= r["max_ms"]
+    assert 0 < r["pipelined_ms"] < 10 * r["max_ms"]
     assert r["tokens_per_s"] == pytest.approx(64 / (r["step_ms"] / 1e3))
     # The state (params + two Adam moments in float32) is part of the step.
     assert r["step_bytes"] >= 3 * 4 * r["params"]
