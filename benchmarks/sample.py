@@ -142,14 +142,14 @@ class Ours:
     from recurrentgemma_jax.sampling import decode as decode_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import logits as logits_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import stopping  # pylint: disable=g-import-not-at-top
-
     from recurrentgemma_jax.nn import linear  # pylint: disable=g-import-not-at-top
 
     # The sampler keeps the model's graphdef as it is now, padding setting
-    # included; the shared model goes back to unpadded products.
+    # included; the shared model then gets its own setting back.
+    before = linear.pads_small_rows(model)
     linear.pad_small_rows(model, pad_small_rows)
     self.sampler = Sampler(model, sync_every=sync_every)
-    linear.pad_small_rows(model, False)
+    linear.pad_small_rows(model, before)
     self.model = model
     self.batch = batch
     self.capacity = capacity

@@ -93,11 +93,11 @@ def make_batch(batch: int, seq_len: int, vocab: int):
   }
 
 
-def time_steps(step, state, batch, steps: int, warmup: int) -> dict:
+def time_steps(step, state, batch, steps: int, warmup: int):
   """Step seconds after `warmup` steps: each step timed to completion
   (median, min, max), and the mean of the same number of steps run back to
   back as the training loop runs them (`pipelined_s`); with the compiled
-  step's memory and its compile time."""
+  step's memory and its compile time. Returns `(result, compiled step)`."""
   start = time.perf_counter()
   # A stateful nnx.jit step (dispatch_overhead) has no `lower`.
   compiled = (step.lower(state, batch).compile() if hasattr(step, "lower")
@@ -124,7 +124,7 @@ def time_steps(step, state, batch, steps: int, warmup: int) -> dict:
           "max_s": times[-1], "pipelined_s": pipelined_s,
           "loss": float(metrics["loss"]),
           "compile_s": compile_s,
-          **(step_memory(compiled) if compiled is not step else {})}
+          **(step_memory(compiled) if compiled is not step else {})}, compiled
 
 
 def step_memory(compiled) -> dict:
@@ -172,9 +172,9 @@ def ours(kind: str, args, batch_size: int, seq_len: int,
         spec.graphdef, tx, optimizer_lib.learning_rate_schedule(train_cfg)),
         donate_argnums=(0,))
   batch = make_batch(batch_size, seq_len, args.vocab)
-  result = time_steps(step, state, batch, args.steps, args.warmup)
+  result, compiled = time_steps(step, state, batch, args.steps, args.warmup)
   if not plain:
-    profile(args, f"{kind}_{batch_size}x{seq_len}", step, batch,
+    profile(args, f"{kind}_{batch_size}x{seq_len}", compiled, batch,
             lambda: state_lib.init_train_state(spec, tx, seed=0))
   return config, {**result, "init_s": init_s}, state_lib.num_params(spec)
 
@@ -238,28 +238,28 @@ def official(args, batch_size: int, seq_len: int):
 
   step = jax.jit(plain_step(apply, tx), donate_argnums=(0,))
   n = sum(x.size for x in jax.tree.leaves(params))
-  result = time_steps(step, state, batch, args.steps, args.warmup)
-  profile(args, f"official_{batch_size}x{seq_len}", step, batch,
+  result, compiled = time_steps(step, state, batch, args.steps, args.warmup)
+  profile(args, f"official_{batch_size}x{seq_len}", compiled, batch,
           lambda: {"params": params, "opt_state": tx.init(params)})
   return config, {**result, "init_s": init_s}, n
 
 
-def profile(args, name: str, step, batch, fresh_state, steps: int = 3):
-  """With --profile DIR: the compiled HLO and a device trace of `steps`
-  steps under DIR/name (benchmarks/profile_breakdown.py reads them)."""
+def profile(args, name: str, compiled, batch, fresh_state, steps: int = 3):
+  """With --profile DIR: the compiled step's HLO and a device trace of
+  `steps` steps under DIR/name (benchmarks/profile_breakdown.py reads
+  them). `compiled` is the timed executable: nothing is compiled again."""
   if not args.profile:
     return
   out = f"{args.profile}/{name}"
   os.makedirs(args.profile, exist_ok=True)
-  state = fresh_state()
-  compiled = step.lower(state, batch).compile()
   with open(f"{out}.hlo.txt", "w", encoding="utf-8") as f:
     f.write(compiled.as_text())
-  state, metrics = step(state, batch)  # warm
+  state = fresh_state()
+  state, metrics = compiled(state, batch)  # warm
   jax.block_until_ready(metrics)
   with jax.profiler.trace(out, create_perfetto_trace=True):
     for _ in range(steps):
-      state, metrics = step(state, batch)
+      state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
 
 
@@ -289,7 +289,7 @@ def dispatch_overhead(args) -> dict[str, float]:
     return {"loss": loss}
 
   batch = make_batch(2, 16, 64)
-  stateful_result = time_steps(
+  stateful_result, _ = time_steps(
       lambda s, b: (s, stateful(model, optimizer, b)), None, batch,
       args.steps * 5, args.warmup)
   return {"functional_jax_jit_ms": 1e3 * functional["seconds"],

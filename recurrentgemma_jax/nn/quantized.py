@@ -33,8 +33,8 @@ from flax import nnx
 
 from recurrentgemma_jax.nn import params as params_lib
 from recurrentgemma_jax.nn.embedding import Embedder
-from recurrentgemma_jax.nn import linear
 from recurrentgemma_jax.nn.linear import Dense
+from recurrentgemma_jax.nn.linear import small_rows_dot
 
 if TYPE_CHECKING:  # `mlp` imports this module (`scaled_einsum`)
   from recurrentgemma_jax.nn.mlp import MLPBlock  # pylint: disable=g-import-not-at-top
@@ -111,7 +111,7 @@ class QuantizedDense(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., in] -> [..., out]` in the compute dtype."""
     x = params_lib.cast(x, self.dtype)
-    y = linear.small_rows_dot(
+    y = small_rows_dot(
         x, self.kernel[...], self.pad_small_rows,
         lambda x, q: scaled_einsum("...i,io->...o", x, q, self.scale))
     if self.bias is not None:

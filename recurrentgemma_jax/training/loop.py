@@ -623,6 +623,10 @@ def _train_locked(exp: Experiment) -> TrainResult:
         " | " + metrics_lib.summary(metrics_lib.read_records(exp.workdir),
                                     result.step, config.total_steps),
         enabled=main)
+    memory = metrics_lib.memory_line(
+        [d.memory_stats() for d in jax.local_devices()])
+    if memory:
+      metrics_lib.log(memory, enabled=main)
     metrics_lib.log(_files_line(exp), enabled=main)
   return result
 

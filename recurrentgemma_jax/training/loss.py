@@ -28,20 +28,19 @@ def log_z_and_target_logit(
   gather's transpose scatters into a float32 `[B, T, V]` of zeros: two
   more passes over the largest array of a step.
   """
-  log_z, target_logit, _ = _log_z_fwd_parts(logits, targets)
-  return log_z, target_logit
+  return _log_z_parts(logits, targets)
 
 
-def _log_z_fwd_parts(logits, targets):
+def _log_z_parts(logits, targets):
   logits32 = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits32, axis=-1)
   target_logit = jnp.take_along_axis(
       logits32, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return log_z, target_logit, logits32
+  return log_z, target_logit
 
 
 def _log_z_fwd(logits, targets):
-  log_z, target_logit, _ = _log_z_fwd_parts(logits, targets)
+  log_z, target_logit = _log_z_parts(logits, targets)
   return (log_z, target_logit), (logits, targets, log_z)
 
 

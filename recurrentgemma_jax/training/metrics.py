@@ -231,6 +231,21 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
   return " | ".join(parts)
 
 
+def memory_line(stats: list[Mapping[str, int] | None]) -> str | None:
+  """`device memory: peak 55.2 GB of 150.1 GB` from the local devices'
+  `memory_stats()` (the fullest device's peak), or None where a backend
+  does not report them (the CPU)."""
+  if not stats or any(not s or "peak_bytes_in_use" not in s for s in stats):
+    return None
+  fullest = max(stats, key=lambda s: s["peak_bytes_in_use"])
+  line = f"device memory: peak {fullest['peak_bytes_in_use'] / 1e9:.1f} GB"
+  if fullest.get("bytes_limit"):
+    line += f" of {fullest['bytes_limit'] / 1e9:.1f} GB"
+  if len(stats) > 1:
+    line += f" (the fullest of {len(stats)} local devices)"
+  return line
+
+
 def _si(value: float) -> str:
   if not math.isfinite(value):
     return str(value)

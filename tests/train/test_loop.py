@@ -218,3 +218,18 @@ def test_fine_tuning_starts_from_released_weights(tmp_path):
   config.init_from.checkpoint = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="init_from.checkpoint"):
     loop.setup(config, str(tmp_path / "run2"))
+
+
+def test_memory_line_reports_the_fullest_device_or_nothing():
+  from recurrentgemma_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  gpu = {"peak_bytes_in_use": 55_226_950_400, "bytes_limit": 150_100_000_000}
+  small = {"peak_bytes_in_use": 1_000_000_000, "bytes_limit": 150_100_000_000}
+  assert (metrics_lib.memory_line([gpu]) ==
+          "device memory: peak 55.2 GB of 150.1 GB")
+  assert (metrics_lib.memory_line([small, gpu]) ==
+          "device memory: peak 55.2 GB of 150.1 GB "
+          "(the fullest of 2 local devices)")
+  assert metrics_lib.memory_line([None]) is None  # XLA:CPU reports nothing
+  assert metrics_lib.memory_line([gpu, None]) is None
+  assert metrics_lib.memory_line([]) is None
