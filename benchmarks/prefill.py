@@ -313,6 +313,18 @@ def main(argv=None) -> int:
 
   results, checks = [], []
   rng = np.random.default_rng(args.seed)
+
+  def save(ratios=None):
+    # After every case too: a run cut short by its time limit keeps what it
+    # measured and checked.
+    if args.out:
+      with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"env": env, "args": vars(args), "tolerance": tolerance,
+                   "results": results, "checks": checks,
+                   "ratios": ratios or {},
+                   "checks_passed": all(c["ok"] for c in checks)}, f,
+                  indent=1)
+
   for b, p in cases:
     if sample.elapsed_s() > args.budget_s:
       log(f"skip {b}x{p}: past the time budget")
@@ -369,6 +381,12 @@ def main(argv=None) -> int:
         log(f"{row['impl']:8s} {case} chunk {row.get('max_chunk', '-')}: "
             f"{row['tokens_per_s']:,.0f} tokens/s (median "
             f"{row['seconds']:.4f}s, compile {row['compile_s']:.1f}s)")
+    for chunk, c in check["chunks"].items():
+      worst = max(v["rel"] for v in c.values() if isinstance(v, dict))
+      log(f"check {case} chunk {chunk}: worst relative logit error "
+          f"{worst:.2e} (tolerance {tolerance:g}): "
+          f"{'ok' if c['ok'] else 'FAILED'}")
+    save()
 
   ratios = {}
   for o in results:
@@ -380,11 +398,7 @@ def main(argv=None) -> int:
             o["tokens_per_s"] / base["tokens_per_s"])
   _print_tables(results, checks, ratios)
   ok = all(c["ok"] for c in checks)
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"env": env, "args": vars(args), "tolerance": tolerance,
-                 "results": results, "checks": checks, "ratios": ratios,
-                 "checks_passed": ok}, f, indent=1)
+  save(ratios)
   if not ok:
     print("CHECK FAILED: prefill logits differ beyond the tolerance "
           f"({tolerance:g}); see the checks above")

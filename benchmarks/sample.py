@@ -137,19 +137,16 @@ class Ours:
   """Our decode loop, compiled once per batch size."""
 
   def __init__(self, model, batch: int, capacity: int, sync_every: int,
-               pad_small_rows: bool = False):
+               pad_small_rows: bool | None = None):
     from recurrentgemma_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import decode as decode_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import logits as logits_lib  # pylint: disable=g-import-not-at-top
     from recurrentgemma_jax.sampling import stopping  # pylint: disable=g-import-not-at-top
-    from recurrentgemma_jax.nn import linear  # pylint: disable=g-import-not-at-top
 
-    # The sampler keeps the model's graphdef as it is now, padding setting
-    # included; the shared model then gets its own setting back.
-    before = linear.pads_small_rows(model)
-    linear.pad_small_rows(model, pad_small_rows)
-    self.sampler = Sampler(model, sync_every=sync_every)
-    linear.pad_small_rows(model, before)
+    # None: the sampler's default (padded on GPU); the shared model itself
+    # is left as it is.
+    self.sampler = Sampler(model, sync_every=sync_every,
+                           pad_small_rows=pad_small_rows)
     self.model = model
     self.batch = batch
     self.capacity = capacity
@@ -187,6 +184,7 @@ class Ours:
     elapsed = time.perf_counter() - start
     n = int(np.asarray(out.lengths).min())
     assert n == steps, (n, steps)
+    self.tokens = out.tokens  # for comparing our rows' greedy tokens
     return elapsed
 
 
@@ -278,6 +276,10 @@ def environment() -> dict[str, str]:
   return env
 
 
+# Our rows of --impls: the Sampler's `pad_small_rows` (None: its default).
+_OURS_PADDING = {"ours": None, "ours_padded": True, "ours_unpadded": False}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="64,1")
@@ -286,9 +288,10 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=2048)
   parser.add_argument("--short_steps", type=int, default=256)
   parser.add_argument("--impls", default="ours,official",
-                      help="ours, official, ours_pad16 (ours with Dense "
-                      "products of < 16 rows padded to 16: "
-                      "nn.linear.pad_small_rows)")
+                      help="ours (the Sampler's defaults: on GPU, Dense "
+                      "products of < 16 rows padded to 16, "
+                      "nn.linear.pad_small_rows), ours_padded and "
+                      "ours_unpadded (padding forced on or off), official")
   parser.add_argument("--sync_every", type=int, default=8)
   parser.add_argument("--budget_s", type=float, default=200.0,
                       help="start no new measurement after this many seconds")
@@ -306,9 +309,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   start_clock()
   for impl in args.impls.split(","):
-    if impl not in ("ours", "official", "ours_pad16"):
-      parser.error(f"--impls: unknown {impl!r}; allowed: ours, official, "
-                   "ours_pad16")
+    if impl not in _OURS_PADDING and impl != "official":
+      parser.error(f"--impls: unknown {impl!r}; allowed: "
+                   f"{', '.join(_OURS_PADDING)}, official")
 
   # The official sampler type-checks its state with typeguard, which rejects
   # the placeholders `jit(...).lower` passes (the checks only run at trace
@@ -344,20 +347,24 @@ def main(argv=None) -> int:
 
   impls = args.impls.split(",")
   results = []
+  # (batch, steps) -> (name, tokens) of the first of our rows: our other
+  # rows (padding on or off) start from the same state and must generate
+  # the same greedy tokens.
+  first_tokens = {}
 
   def measure(impl: str, batch: int, steps_list):
     if elapsed_s() > args.budget_s:
       log(f"skip {impl} batch {batch}: past the time budget")
       return
     capacity = max(steps_list)
-    name = {"ours": ours_name, "ours_pad16": ours_name + "_pad16"}.get(
-        impl, impl)
+    name = (ours_name + impl.removeprefix("ours") if impl in _OURS_PADDING
+            else impl)
     try:
       if impl == "official":
         runner = Official(official_model, params, batch, capacity)
       else:
         runner = Ours(ours_model, batch, capacity, args.sync_every,
-                      pad_small_rows=impl == "ours_pad16")
+                      pad_small_rows=_OURS_PADDING[impl])
       start = time.perf_counter()
       compiled = runner.compile()
       compile_s = time.perf_counter() - start
@@ -371,6 +378,15 @@ def main(argv=None) -> int:
                "seconds": elapsed, "ms_per_step": 1e3 * elapsed / steps,
                "tokens_per_s": batch * steps / elapsed,
                "compile_s": compile_s, "peak_gb": peak_gb(), **mem}
+        if impl in _OURS_PADDING:
+          tokens = np.asarray(runner.tokens)
+          first = first_tokens.setdefault((batch, steps), (name, tokens))
+          if first[0] != name:
+            row["tokens_equal_to"] = first[0]
+            row["tokens_equal"] = bool(np.array_equal(tokens, first[1]))
+            log(f"{name} B={batch} steps={steps}: greedy tokens "
+                f"{'equal' if row['tokens_equal'] else 'DIFFER from'} "
+                f"{first[0]}'s")
         results.append(row)
         log(f"{name:9s} B={batch:4d} steps={steps:5d}: "
             f"{row['ms_per_step']:.3f} ms/step, "
@@ -420,6 +436,9 @@ def main(argv=None) -> int:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump({"env": env, "args": vars(args), "results": results,
                  "ratios": ratios}, f, indent=1)
+  if any(r.get("tokens_equal") is False for r in results):
+    print("CHECK FAILED: our rows generated different greedy tokens")
+    return 1
   log("done")
   return 0
 

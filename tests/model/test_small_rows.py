@@ -103,3 +103,29 @@ def test_the_sampler_decodes_padded_with_the_same_tokens():
   decode_model = nnx.merge(sampler.decode_graphdef, sampler.params)
   assert linear.pads_small_rows(decode_model)
   assert sampler.generate(prompts, 12).tokens == want
+
+
+def test_the_sampler_pads_by_its_option_and_leaves_the_model_alone():
+  model = _model()
+  prompts = [[3, 4, 5], [9, 8]]
+  want = Sampler(model, pad_small_rows=False).generate(prompts, 12).tokens
+  sampler = Sampler(model, pad_small_rows=True)
+  assert not linear.pads_small_rows(model)  # the caller's model unchanged
+  for graphdef in (sampler.graphdef, sampler.decode_graphdef):
+    assert linear.pads_small_rows(nnx.merge(graphdef, sampler.params))
+  assert sampler.generate(prompts, 12).tokens == want
+  # The default: padded where the backend is a GPU, or the model pads.
+  assert Sampler(model).pad_small_rows == (jax.default_backend() == "gpu")
+  assert Sampler(linear.pad_small_rows(model)).pad_small_rows
+  with pytest.raises(ValueError, match="pad_small_rows"):
+    Sampler(model, pad_small_rows="yes")
+
+
+def test_small_rows_padding_restores_each_modules_setting():
+  model = _model()
+  denses = linear._padding_modules(model)  # pylint: disable=protected-access
+  denses[0].pad_small_rows = True  # a mixed setting
+  with linear.small_rows_padding(model, False):
+    assert not linear.pads_small_rows(model)
+  assert [m.pad_small_rows for m in denses] == [True] + [False] * (
+      len(denses) - 1)

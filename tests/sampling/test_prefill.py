@@ -132,3 +132,30 @@ def test_compare_measures_relative_to_the_largest_reference_logit():
   assert c["rel"] == pytest.approx(0.05)
   assert c["argmax_agree"] == 1.0
   assert prefill.compare(ref[:, ::-1], ref)["argmax_agree"] == 0.0
+
+
+def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch,
+                                                     capsys):
+  """The report is written after every case: a time limit that kills the
+  run in its second case leaves the first case's rows and checks."""
+  reference = prefill.reference_logits
+  calls = []
+
+  def killed_in_the_second_case(model, tokens):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("the time limit")
+    return reference(model, tokens)
+
+  monkeypatch.setattr(prefill, "reference_logits", killed_in_the_second_case)
+  out = tmp_path / "prefill.json"
+  with pytest.raises(KeyboardInterrupt):
+    prefill.main(["--tiny", "--dtype", "float32", "--cases", "1x16,2x16",
+                  "--max_chunks", "16", "--repeats", "1", "--impls", "ours",
+                  "--out", str(out)])
+  report = json.loads(out.read_text())
+  assert [r["case"] for r in report["results"]] == ["1x16"]
+  assert [c["case"] for c in report["checks"]] == ["1x16"]
+  assert report["checks_passed"] is True
+  assert "check 1x16 chunk 16: worst relative logit error" in (
+      capsys.readouterr().out)
