@@ -33,8 +33,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config(arg=None):
   """The benchmark's training config: `:gpus=N,mode=data|fsdp,batch=B,steps=S`."""
   sys.path.insert(0, REPO)
-  from experiments import common  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from recurrentgemma_jax.training import experiment_files  # pylint: disable=g-import-not-at-top
+
+  common = experiment_files.sibling(
+      os.path.join(REPO, "experiments", "common.py"), "common")
 
   arg = common.parse_arg(arg, gpus=1, mode="data", batch=16, steps=40)
   if arg.mode not in ("data", "fsdp"):

@@ -4,8 +4,9 @@ Not an experiment itself (it has no `get_config`). The schema these recipes
 fill in, and its validation, is `recurrentgemma_jax.training.config`.
 
 Experiment files are loaded by path (`--config=experiments/x.py:arg`), from
-any directory, so each puts the repository root on `sys.path` before
-`from experiments import common`.
+any directory; each loads this file by path too, with
+`experiment_files.sibling(__file__, "common")`, so that no other
+`experiments` package on `sys.path` can stand in for it.
 """
 
 from __future__ import annotations

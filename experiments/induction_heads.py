@@ -28,13 +28,9 @@ Runtime: runlocal (sequence 64, window 32, 1000 steps of 64 sequences),
 roughly 10-20 minutes on 2 CPU cores; full size, about 10 minutes on H200.
 """
 
-import pathlib
-import sys
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 
 def get_config(arg=None):

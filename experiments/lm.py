@@ -57,18 +57,13 @@ corpus is prepared in under a second), 6 in an earlier run; full
 16 and 4 times less.
 """
 
-import pathlib
-import sys
-
 from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 # The code scaling study (`reproduce run --study=code_scaling`): nine
 # blocks (Griffin: recurrent, recurrent, local attention, three times), the

@@ -23,13 +23,9 @@ six runs sharing a GPU; docs/results.md). Why was not tested; a wider
 model or fewer pairs are the first things to try.
 """
 
-import pathlib
-import sys
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 
 def get_config(arg=None):

@@ -32,18 +32,13 @@ Runtime: 400m on a v5p-64 slice, a few hours (estimate from the FLOP count
 in docs/flops.md at 40% MFU); runlocal, about 1 minute on 2 CPU cores.
 """
 
-import pathlib
-import sys
-
 from recurrentgemma_jax import presets
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 # size -> (training tokens from Table 2, peak learning rate, tensor axis).
 BUDGETS = {

@@ -52,17 +52,13 @@ cap / scaling in `--config.model.*`.
 """
 
 import os
-import pathlib
-import sys
 
 from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.data import pipeline
 from recurrentgemma_jax.training import config as config_lib
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 SIZES = ("2b", "9b")
 

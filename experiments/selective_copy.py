@@ -24,13 +24,9 @@ in 14.7 minutes MQA solved it (0.999 by step 9k), Griffin reached 0.61 and
 Hawk 0.15 at 11.5k / 14k steps of a 16.5k-step schedule.
 """
 
-import pathlib
-import sys
+from recurrentgemma_jax.training import experiment_files
 
-_REPO = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # loaded by path, from any directory
-  sys.path.insert(0, _REPO)
-from experiments import common  # pylint: disable=g-import-not-at-top
+common = experiment_files.sibling(__file__, "common")  # experiments/common.py
 
 
 def get_config(arg=None):

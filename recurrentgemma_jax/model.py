@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jaxtyping import Array, Float, Integer
 
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.config import REMAT_POLICIES
@@ -17,13 +19,10 @@ from recurrentgemma_jax.nn.normalization import RMSNorm
 from recurrentgemma_jax.nn.residual import BlockCache
 from recurrentgemma_jax.nn.residual import ResidualBlock
 
-if TYPE_CHECKING:  # shape annotations only: no runtime dependency
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxtyping import Array, Float, Integer  # pylint: disable=g-import-not-at-top
-
-  # Token ids and positions: on the device, or host arrays (checked eagerly).
-  Ids = Integer[Array, "B T"] | Integer[np.ndarray, "B T"]
-  Logits = Float[Array, "B T V"]
+# Shape aliases (real objects, so typing.get_type_hints resolves them).
+# Token ids and positions: on the device, or host arrays (checked eagerly).
+Ids = Integer[Array, "B T"] | Integer[np.ndarray, "B T"]
+Logits = Float[Array, "B T V"]
 
 
 class GriffinCache(NamedTuple):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Array, Bool, Float, Float32
 
 import pallas_kernels
 from recurrentgemma_jax.nn import params as params_lib
 from recurrentgemma_jax.nn.linear import BlockDiagonalLinear
-
-if TYPE_CHECKING:  # shape annotations only: no runtime dependency
-  from jaxtyping import Array, Bool, Float, Float32  # pylint: disable=g-import-not-at-top
 
 MIN_RADIUS = 0.9
 MAX_RADIUS = 0.999

@@ -30,10 +30,19 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 KEY = "eval/loss"
 
 
-@functools.lru_cache(maxsize=None)
 def run_cost(workdir: str) -> dict[str, float]:
   """`{"params", "non_embedding_params", "flops_per_token",
-  "tokens_per_step"}` of the run in `workdir` (its config.json)."""
+  "tokens_per_step"}` of the run in `workdir` (its config.json).
+
+  Cached by the config's text, not by the path: a workdir reused for
+  another run in the same process (a notebook) gets its new cost."""
+  from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  return _config_cost(loop.read_workdir_config_text(workdir))
+
+
+@functools.lru_cache(maxsize=None)
+def _config_cost(config_text: str) -> dict[str, float]:
   # Deferred: the report of the other studies needs no model or JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -43,7 +52,7 @@ def run_cost(workdir: str) -> dict[str, float]:
   from recurrentgemma_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
 
-  config = loop.load_workdir_config(workdir)
+  config = loop.parse_workdir_config(config_text)
   model = config_lib.build_model_config(config.model,
                                         loop.data_vocab_size(config))
   abstract = nnx.eval_shape(lambda: Griffin(model, rngs=nnx.Rngs(0)))

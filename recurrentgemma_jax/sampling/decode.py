@@ -18,25 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
 
 from recurrentgemma_jax.model import GriffinCache
 from recurrentgemma_jax.sampling import logits as logits_lib
 from recurrentgemma_jax.sampling import stopping
 
-if TYPE_CHECKING:  # shape annotations only: no runtime dependency
-  from jaxtyping import Array, Bool, Float, Int  # pylint: disable=g-import-not-at-top
-
-  PerRow = Int[Array, "B"]
-  RowFlags = Bool[Array, "B"]
-  NextLogits = Float[Array, "B V"]
-  Generated = Int[Array, "B N"]
-  GeneratedLogprobs = Float[Array, "B N"]
-  GeneratedLogits = Float[Array, "B N V"]
+# Shape aliases (real objects, so typing.get_type_hints resolves them).
+PerRow = Int[Array, "B"]
+RowFlags = Bool[Array, "B"]
+NextLogits = Float[Array, "B V"]
+Generated = Int[Array, "B N"]
+GeneratedLogprobs = Float[Array, "B N"]
+GeneratedLogits = Float[Array, "B N V"]
 
 
 class DecodeState(NamedTuple):

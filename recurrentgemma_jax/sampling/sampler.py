@@ -36,12 +36,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Float, Int, Key
 
 from recurrentgemma_jax.config import check_token_ids
 from recurrentgemma_jax.model import Griffin
@@ -52,15 +53,13 @@ from recurrentgemma_jax.sampling import stopping
 from recurrentgemma_jax.sampling.decode import DecodeState
 from recurrentgemma_jax.sampling.logits import SamplingParams
 
-if TYPE_CHECKING:  # shape annotations only: no runtime dependency
-  from jaxtyping import Float, Int, Key  # pylint: disable=g-import-not-at-top
-
-  # One prompt: text, or token ids (a list or a `[T]` integer array).
-  Prompt = str | Sequence[int] | Int[np.ndarray, "T"]
-  IdRows = Sequence[Sequence[int]] | Int[np.ndarray, "B T"]
-  RowKeys = Key[jax.Array, "B"]
-  TokenLogprobs = Float[np.ndarray, "n"]  # one row's n returned tokens
-  TokenLogits = Float[np.ndarray, "n V"]
+# Shape aliases (real objects, so typing.get_type_hints resolves them).
+# One prompt: text, or token ids (a list or a `[T]` integer array).
+Prompt = str | Sequence[int] | Int[np.ndarray, "T"]
+IdRows = Sequence[Sequence[int]] | Int[np.ndarray, "B T"]
+RowKeys = Key[jax.Array, "B"]
+TokenLogprobs = Float[np.ndarray, "n"]  # one row's n returned tokens
+TokenLogits = Float[np.ndarray, "n V"]
 
 
 @dataclasses.dataclass

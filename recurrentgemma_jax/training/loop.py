@@ -763,11 +763,22 @@ def _evaluate_checkpoint(exp: Experiment, step: int) -> dict[str, float]:
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`; fields the schema
   gained after it was saved (e.g. `init_from.hf`) take their defaults."""
+  return parse_workdir_config(read_workdir_config_text(workdir))
+
+
+def read_workdir_config_text(workdir: str) -> str:
+  """The text of `workdir/config.json` (ConfigError if there is none)."""
   path = epath.Path(os.path.expanduser(workdir)) / "config.json"
   if not path.exists():
     raise ConfigError(f"no config.json in {workdir}: not a training workdir")
+  return path.read_text()
+
+
+def parse_workdir_config(text: str) -> ml_collections.ConfigDict:
+  """A saved config.json's text as the config, with the fields the schema
+  gained since it was saved at their defaults."""
   return ml_collections.ConfigDict(_with_defaults(
-      json.loads(path.read_text()), config_lib.base_config().to_dict()))
+      json.loads(text), config_lib.base_config().to_dict()))
 
 
 def _with_defaults(saved: dict[str, Any], schema: dict[str, Any]

@@ -164,17 +164,37 @@ def fast_random_lowering(devices: Any) -> Iterator[None]:
   an H200 against 8 s on a CPU (docs/benchmarks.md). The kernel gives the
   same bits. It stays off on several devices: a custom call does not
   partition, so every device would draw every array whole.
+
+  The switch is JAX's thread-local context for the option, so other
+  threads tracing at the same time keep their own setting; where this JAX
+  has no such context, the global option is set and restored instead.
   """
   devices = list(devices)
-  use = len(devices) == 1 and devices[0].platform == "gpu"
+  if not (len(devices) == 1 and devices[0].platform == "gpu"):
+    yield
+    return
+  local = _thread_local_threefry_kernel()
+  if local is not None:
+    with local(True):
+      yield
+    return
   previous = getattr(jax.config, _THREEFRY_KERNEL)
-  if use:
-    jax.config.update(_THREEFRY_KERNEL, True)
+  jax.config.update(_THREEFRY_KERNEL, True)
   try:
     yield
   finally:
-    if use:
-      jax.config.update(_THREEFRY_KERNEL, previous)
+    jax.config.update(_THREEFRY_KERNEL, previous)
+
+
+def _thread_local_threefry_kernel():
+  """JAX's context manager for the threefry-kernel option (thread-local),
+  or None where this JAX version does not have one."""
+  try:
+    from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  state = getattr(jax_config, _THREEFRY_KERNEL.removeprefix("jax_"), None)
+  return state if callable(state) else None
 
 
 def _random_params(spec: StateSpec, seed: int, part: Any) -> Any:

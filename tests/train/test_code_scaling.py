@@ -182,3 +182,16 @@ def test_all_studies_are_those_with_the_size_and_models(size, models,
   assert reproduce_cli.chosen_studies("all", size, models) == expected
   assert reproduce_cli.chosen_studies("lm,code_scaling", "paper",
                                       ["mqa"]) == ["lm", "code_scaling"]
+
+
+def test_a_reused_workdir_gets_its_new_cost(tmp_path):
+  """run_cost is cached by the config's text, not by the path: the same
+  workdir holding another run (a notebook rerun) is costed anew."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  for variant in ("1m", "4m"):
+    config = LM.get_config(f"model=griffin,size={variant}")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    cost = scaling.run_cost(str(workdir))
+    assert cost["non_embedding_params"] == (
+        LM.SCALING_PARAMS[variant]["griffin"])

@@ -8,6 +8,7 @@ last one also checks the bits.
 """
 
 import dataclasses
+import threading
 
 import jax
 import numpy as np
@@ -56,6 +57,39 @@ def test_keeps_a_user_setting():
     assert _flag()
   finally:
     jax.config.update(_FLAG, False)
+
+
+def test_without_a_thread_local_option_sets_and_restores_the_global_one(
+    monkeypatch):
+  monkeypatch.setattr(state_lib, "_thread_local_threefry_kernel",
+                      lambda: None)
+  with pytest.raises(RuntimeError, match="boom"):
+    with state_lib.fast_random_lowering([FakeDevice("gpu")]):
+      assert _flag()
+      raise RuntimeError("boom")
+  assert not _flag()
+
+
+def test_other_threads_keep_their_setting():
+  """The switch is thread-local: a thread tracing while another
+  initialises does not get the CUDA lowering (nor lose its own)."""
+  seen = {}
+  inside, leave = threading.Event(), threading.Event()
+
+  def initialiser():
+    with state_lib.fast_random_lowering([FakeDevice("gpu")]):
+      seen["initialiser"] = _flag()
+      inside.set()
+      leave.wait(10)
+
+  thread = threading.Thread(target=initialiser)
+  thread.start()
+  assert inside.wait(10)
+  seen["other"] = _flag()
+  leave.set()
+  thread.join(10)
+  assert seen == {"initialiser": True, "other": False}
+  assert not _flag()
 
 
 @pytest.mark.parametrize("shape", [(7,), (1024, 3072), (32000, 64),

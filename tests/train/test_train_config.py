@@ -1,6 +1,7 @@
 """Experiment config schema, argument parsing and model-config building."""
 
 import dataclasses
+import pathlib
 import subprocess
 import sys
 
@@ -228,9 +229,28 @@ def test_every_numeric_field_has_a_range():
 
 def test_every_experiment_rejects_an_unknown_model_in_its_file():
   # In get_config, before the loop prepares any data.
-  from experiments import selective_copy  # pylint: disable=g-import-not-at-top
+  selective_copy = _load("selective_copy")
   with pytest.raises(ConfigError, match="model.kind='griffen' is not one of "
                      "griffin, hawk, mqa"):
     selective_copy.get_config("model=griffen")
   with pytest.raises(ConfigError, match="unknown preset 'griffin-7'"):
     config_lib.model_config("griffin-7")
+
+
+def test_experiment_files_load_their_own_common_whatever_sys_path_holds(
+    monkeypatch, tmp_path):
+  """Another `experiments` package (the user's, found first on sys.path,
+  or already imported) does not stand in for the file beside ours."""
+  theirs = tmp_path / "experiments"
+  theirs.mkdir()
+  (theirs / "__init__.py").write_text("")
+  (theirs / "common.py").write_text("raise ImportError('the wrong common')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  for name in [m for m in sys.modules if m == "experiments" or
+               m.startswith("experiments.")]:
+    monkeypatch.delitem(sys.modules, name)
+  lm = _load("lm")
+  mqar = _load("mqar")
+  assert lm.common is mqar.common  # loaded once per process
+  assert pathlib.Path(lm.common.__file__) == EXPERIMENTS[0].parent / "common.py"
+  assert lm.get_config("runlocal").model.kind == "griffin"
