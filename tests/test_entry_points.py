@@ -45,6 +45,21 @@ HELP = {
 }
 
 
+@pytest.mark.parametrize("verb", cli.MOVED)
+def test_the_former_module_entry_points_still_run_their_verb(verb):
+  """`python -m recurrentgemma_jax.train` (and the other modules the verbs
+  replaced) runs the verb, with a note of the new spelling."""
+  result = _run("-m", f"recurrentgemma_jax.{verb}", "--help")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"is now `recurrentgemma {verb}`" in result.stderr
+  assert "RuntimeWarning" not in result.stderr
+  # The verb's own program: the same help, word for word.
+  assert result.stdout == _run("-m", "recurrentgemma_jax", verb,
+                               "--help").stdout
+  text = " ".join(result.stdout.split())
+  assert all(expected in text for expected in HELP[verb])
+
+
 def test_every_verb_has_its_help():
   assert sorted(HELP) == sorted(cli.COMMANDS)
 

@@ -65,3 +65,17 @@ def main(argv: list[str] | None = None) -> None:
   # runpy sets argv[0] to the module's file, as `python -m` does.
   sys.argv = [f"{os.path.basename(argv[0])} {verb}", *argv[2:]]
   runpy.run_module(module_name(verb), run_name="__main__", alter_sys=True)
+
+
+# Entry points from before the verbs: `python -m recurrentgemma_jax.train`
+# and the like, kept so that launch scripts written for them still run.
+MOVED = ("train", "evaluate", "sample", "plot", "reproduce")
+
+
+def run_moved(verb: str) -> None:
+  """Runs `verb` for its former module `recurrentgemma_jax.<verb>`, with a
+  one-line note of the new spelling."""
+  print(f"note: `python -m recurrentgemma_jax.{verb}` is now "
+        f"`{SCRIPT} {verb}` (or `python -m recurrentgemma_jax {verb}`)",
+        file=sys.stderr)
+  main([SCRIPT, verb, *sys.argv[1:]])
