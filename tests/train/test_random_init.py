@@ -41,7 +41,11 @@ def test_switches_only_on_one_gpu_and_restores(devices, inside):
   assert not _flag()
 
 
-def test_restores_after_an_error():
+@pytest.mark.parametrize("thread_local", [True, False])
+def test_restores_after_an_error(thread_local, monkeypatch):
+  if not thread_local:  # a JAX without the option's context: global flag
+    monkeypatch.setattr(state_lib, "_thread_local_threefry_kernel",
+                        lambda: None)
   with pytest.raises(RuntimeError, match="boom"):
     with state_lib.fast_random_lowering([FakeDevice("gpu")]):
       assert _flag()
@@ -57,17 +61,6 @@ def test_keeps_a_user_setting():
     assert _flag()
   finally:
     jax.config.update(_FLAG, False)
-
-
-def test_without_a_thread_local_option_sets_and_restores_the_global_one(
-    monkeypatch):
-  monkeypatch.setattr(state_lib, "_thread_local_threefry_kernel",
-                      lambda: None)
-  with pytest.raises(RuntimeError, match="boom"):
-    with state_lib.fast_random_lowering([FakeDevice("gpu")]):
-      assert _flag()
-      raise RuntimeError("boom")
-  assert not _flag()
 
 
 def test_other_threads_keep_their_setting():
