@@ -258,6 +258,13 @@ def build_models(tiny: bool, dtype: str):
 
 
 def main(argv=None) -> int:
+  # As in sample.py: the official sampler's typeguard checks reject the
+  # placeholders `lower` passes; they run at trace time only.
+  with sample.official_type_checks_off():
+    return _main(argv)
+
+
+def _main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default=None,
                       help="BATCHxLENGTH,... (default "
@@ -300,9 +307,6 @@ def main(argv=None) -> int:
     parser.error(str(e))
   tolerance = args.tolerance or TOLERANCE[args.dtype]
 
-  # As in sample.py: the official sampler's typeguard checks reject the
-  # placeholders `lower` passes; they run at trace time only.
-  os.environ.setdefault("JAXTYPING_DISABLE", "1")
   if args.dtype == "float32":  # no TF32 / bf16 passes in float32 matmuls
     jax.config.update("jax_default_matmul_precision", "highest")
   env = sample.environment()
@@ -316,14 +320,16 @@ def main(argv=None) -> int:
 
   def save(ratios=None):
     # After every case too: a run cut short by its time limit keeps what it
-    # measured and checked.
+    # measured and checked ("finished": false), and a kill during a write
+    # leaves the previous report whole (written aside, then renamed).
     if args.out:
-      with open(args.out, "w", encoding="utf-8") as f:
+      with open(args.out + ".tmp", "w", encoding="utf-8") as f:
         json.dump({"env": env, "args": vars(args), "tolerance": tolerance,
                    "results": results, "checks": checks,
-                   "ratios": ratios or {},
-                   "checks_passed": all(c["ok"] for c in checks)}, f,
-                  indent=1)
+                   "ratios": ratios or {}, "finished": ratios is not None,
+                   "checks_passed": bool(checks) and all(
+                       c["ok"] for c in checks)}, f, indent=1)
+      os.replace(args.out + ".tmp", args.out)
 
   for b, p in cases:
     if sample.elapsed_s() > args.budget_s:

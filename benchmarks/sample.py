@@ -2,12 +2,18 @@ r"""Decode throughput and memory: our sampler against the official one.
 
 Both decode loops run on the same random bfloat16 weights (the official
 parameter tree; ours is `from_official` of it, sharing the arrays), greedy,
-from an empty cache (both attend over every cache slot with a mask, so the
-cost per step does not depend on how full the cache is). Timed: the jitted
-decode loop alone (tokens generated per second = batch x steps / seconds),
-after an ahead-of-time compile and a short warm-up run.
+from the same one-token prefix of each row (both attend over every cache
+slot with a mask, so the cost per step does not depend on how full the
+cache is). Timed: the jitted decode loop alone (tokens generated per second
+= batch x steps / seconds), after an ahead-of-time compile and a short
+warm-up run. Then each row's greedy tokens are compared with the
+official's and with our first row's at the same batch and length
+(agreement, rows identical, first difference: reported, not required; see
+`token_agreement`).
 
-- ours: `Sampler`'s device loop (`recurrentgemma_jax.sampling.decode`).
+- ours: `Sampler`'s device loop (`recurrentgemma_jax.sampling.decode`)
+  with the Sampler's defaults (products of < 16 rows padded on GPU);
+  ours_padded / ours_unpadded force the padding on or off.
 - official: `recurrentgemma.jax.Sampler`'s `_sample_fn` while loop.
 
 Command (one H200; the GPU image lacks the `recurrentgemma` and typeguard
@@ -29,6 +35,7 @@ CPU smoke test:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -37,6 +44,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -160,12 +168,11 @@ class Ours:
     self.fn = self.sampler._decode[True]  # pylint: disable=protected-access
 
   def state(self):
-    from recurrentgemma_jax.sampling import DecodeState  # pylint: disable=g-import-not-at-top
-
-    b, v = self.batch, self.model.config.vocab_size
-    logits = jax.random.normal(jax.random.key(1), (b, v), jnp.bfloat16)
-    return DecodeState(cache=self.model.init_cache(b), logits=logits,
-                       segment_pos=jnp.zeros((b,), jnp.int32))
+    """The state after each row's first token (`first_tokens`), as the
+    official loop starts: both then generate from the same prefix."""
+    first = first_tokens(self.batch, self.model.config.vocab_size)[:, None]
+    return self.sampler._prefill(  # pylint: disable=protected-access
+        self.sampler.params, first, jnp.zeros_like(first))
 
   def _args(self, steps):
     return (self.sampler.params, self.state(), self.inputs(steps))
@@ -184,8 +191,33 @@ class Ours:
     elapsed = time.perf_counter() - start
     n = int(np.asarray(out.lengths).min())
     assert n == steps, (n, steps)
-    self.tokens = out.tokens  # for comparing our rows' greedy tokens
+    self.tokens = np.asarray(out.tokens)[:, :steps]  # the greedy tokens
     return elapsed
+
+
+def token_agreement(got: np.ndarray, reference: np.ndarray) -> dict:
+  """How far two `[B, N]` greedy continuations of one prefix agree: the
+  share of equal positions, the rows equal throughout, and the median over
+  rows of the first differing step (N where a row never differs).
+
+  Two correct implementations may disagree: greedy decoding diverges for
+  good at the first near-tie of the top logits that they round
+  differently (bfloat16 products summed in another order), so the first
+  difference says more than the share. Agreement is reported, not
+  required; the products' exactness is tested against float64 on CPU
+  (tests/model/test_small_rows.py)."""
+  equal = got == reference
+  first = np.where(equal.all(1), equal.shape[1], np.argmin(equal, axis=1))
+  return {"agreement": float(equal.mean()),
+          "rows_identical": int(equal.all(1).sum()),
+          "first_difference": int(np.median(first))}
+
+
+def first_tokens(batch: int, vocab_size: int) -> jax.Array:
+  """`[B]` first token of each row, the prefix both loops start from
+  (ids from 3, past the pad, EOS and BOS ids of `FakeVocab`)."""
+  return jax.random.randint(jax.random.key(1), (batch,), 3,
+                            min(1000, vocab_size))
 
 
 # Official --------------------------------------------------------------------
@@ -208,8 +240,8 @@ class Official:
 
   def state(self, steps: int):
     b = self.batch
-    tokens = jnp.zeros((b, self.capacity), jnp.int32).at[:, 0].set(
-        jax.random.randint(jax.random.key(1), (b,), 3, 1000))
+    tokens = jnp.zeros((b, self.capacity + 1), jnp.int32).at[:, 0].set(
+        first_tokens(b, self.model.config.vocab_size))
     return self.lib.SamplingState(
         tokens_buffer=tokens,
         rng=jax.random.PRNGKey(0),
@@ -234,6 +266,8 @@ class Official:
     n = int(np.asarray(out.step))
     elapsed = time.perf_counter() - start
     assert n == steps, (n, steps)
+    # The buffer's first token is the prefix; then the greedy tokens.
+    self.tokens = np.asarray(out.tokens_buffer)[:, 1:steps + 1]
     return elapsed
 
 
@@ -280,7 +314,28 @@ def environment() -> dict[str, str]:
 _OURS_PADDING = {"ours": None, "ours_padded": True, "ours_unpadded": False}
 
 
+@contextlib.contextmanager
+def official_type_checks_off() -> Iterator[None]:
+  """The official sampler type-checks its state with typeguard (through
+  jaxtyping), which rejects the placeholders `jit(...).lower` passes. The
+  checks run at trace time only, so turning them off changes no compiled
+  code. jaxtyping reads the switch at every call; it is restored after."""
+  import jaxtyping  # pylint: disable=g-import-not-at-top
+
+  before = jaxtyping.config.jaxtyping_disable
+  jaxtyping.config.update("jaxtyping_disable", True)
+  try:
+    yield
+  finally:
+    jaxtyping.config.update("jaxtyping_disable", before)
+
+
 def main(argv=None) -> int:
+  with official_type_checks_off():
+    return _main(argv)
+
+
+def _main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="64,1")
   parser.add_argument("--extra_batches", default="16,256",
@@ -313,10 +368,6 @@ def main(argv=None) -> int:
       parser.error(f"--impls: unknown {impl!r}; allowed: "
                    f"{', '.join(_OURS_PADDING)}, official")
 
-  # The official sampler type-checks its state with typeguard, which rejects
-  # the placeholders `jit(...).lower` passes (the checks only run at trace
-  # time, so turning them off changes no compiled code).
-  os.environ.setdefault("JAXTYPING_DISABLE", "1")
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from recurrentgemma import jax as official_jax  # pylint: disable=g-import-not-at-top
   import recurrentgemma_jax as rg  # pylint: disable=g-import-not-at-top
@@ -347,10 +398,9 @@ def main(argv=None) -> int:
 
   impls = args.impls.split(",")
   results = []
-  # (batch, steps) -> (name, tokens) of the first of our rows: our other
-  # rows (padding on or off) start from the same state and must generate
-  # the same greedy tokens.
-  first_tokens = {}
+  # (batch, steps) -> {row name: [B, steps] greedy tokens}; every row
+  # starts from the same one-token prefix.
+  generated = {}
 
   def measure(impl: str, batch: int, steps_list):
     if elapsed_s() > args.budget_s:
@@ -378,17 +428,9 @@ def main(argv=None) -> int:
                "seconds": elapsed, "ms_per_step": 1e3 * elapsed / steps,
                "tokens_per_s": batch * steps / elapsed,
                "compile_s": compile_s, "peak_gb": peak_gb(), **mem}
-        if impl in _OURS_PADDING:
-          tokens = np.asarray(runner.tokens)
-          first = first_tokens.setdefault((batch, steps), (name, tokens))
-          if first[0] != name:
-            row["tokens_equal_to"] = first[0]
-            row["tokens_equal"] = bool(np.array_equal(tokens, first[1]))
-            log(f"{name} B={batch} steps={steps}: greedy tokens "
-                f"{'equal' if row['tokens_equal'] else 'DIFFER from'} "
-                f"{first[0]}'s")
+        generated.setdefault((batch, steps), {})[name] = runner.tokens
         results.append(row)
-        log(f"{name:9s} B={batch:4d} steps={steps:5d}: "
+        log(f"{name:13s} B={batch:4d} steps={steps:5d}: "
             f"{row['ms_per_step']:.3f} ms/step, "
             f"{row['tokens_per_s']:,.0f} tokens/s (compile {compile_s:.1f}s, "
             f"temp {mem.get('temp_gb', float('nan')):.3f} GB)")
@@ -432,13 +474,28 @@ def main(argv=None) -> int:
         ratios[key] = o["tokens_per_s"] / r["tokens_per_s"]
   for k, v in ratios.items():
     print(f"{k}: {v:.2f}x")
+  # Greedy tokens of each row against the official's and against our
+  # first row's, at the same batch and length (all start from one prefix).
+  for r in results:
+    if r.get("impl") == "official" or "error" in r:
+      continue
+    same = generated.get((r["batch"], r["steps"]), {})
+    ours_first = next((k for k in same if k != "official"), None)
+    for reference in ("official", ours_first):
+      if reference is None or reference == r["impl"] or (
+          reference not in same or r["impl"] not in same):
+        continue
+      agreement = token_agreement(same[r["impl"]], same[reference])
+      r.setdefault("tokens_vs", {})[reference] = agreement
+      print(f"{r['impl']} B={r['batch']} steps={r['steps']}: greedy tokens "
+            f"equal to {reference}'s at {100 * agreement['agreement']:.1f}% "
+            f"of positions; rows identical {agreement['rows_identical']}/"
+            f"{r['batch']}; first difference at step "
+            f"{agreement['first_difference']} (median over rows)")
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump({"env": env, "args": vars(args), "results": results,
                  "ratios": ratios}, f, indent=1)
-  if any(r.get("tokens_equal") is False for r in results):
-    print("CHECK FAILED: our rows generated different greedy tokens")
-    return 1
   log("done")
   return 0
 

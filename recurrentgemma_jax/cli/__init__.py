@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None) -> None:
   runpy.run_module(module_name(verb), run_name="__main__", alter_sys=True)
 
 
-# Entry points from before the verbs: `python -m recurrentgemma_jax.train`
-# and the like, kept so that launch scripts written for them still run.
-MOVED = ("train", "evaluate", "sample", "plot", "reproduce")
+# Entry points from before the verbs (`python -m recurrentgemma_jax.sample`
+# and the like), kept so that scripts written for them still run. Not
+# `train` and `evaluate`: modules of those names would replace the package's
+# `recurrentgemma_jax.train()` / `evaluate()` functions once imported; use
+# `python -m recurrentgemma_jax train`.
+MOVED = ("sample", "plot", "reproduce")
 
 
 def run_moved(verb: str) -> None:

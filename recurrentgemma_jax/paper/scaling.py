@@ -35,15 +35,16 @@ def run_cost(workdir: str) -> dict[str, float]:
   "tokens_per_step"}` of the run in `workdir` (its config.json).
 
   Cached by the config's text, not by the path: a workdir reused for
-  another run in the same process (a notebook) gets its new cost."""
+  another run in the same process (a notebook) gets its new cost. The
+  imports are deferred: the report of the other studies needs no model or
+  JAX."""
   from recurrentgemma_jax.training import loop  # pylint: disable=g-import-not-at-top
 
-  return _config_cost(loop.read_workdir_config_text(workdir))
+  return dict(_config_cost(loop.read_workdir_config_text(workdir)))
 
 
 @functools.lru_cache(maxsize=None)
 def _config_cost(config_text: str) -> dict[str, float]:
-  # Deferred: the report of the other studies needs no model or JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 

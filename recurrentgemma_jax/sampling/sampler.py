@@ -300,9 +300,11 @@ class Sampler:
     pad_small_rows: run the products of fewer than 16 rows (decode steps
       at small batch) padded to 16 rows (`nn.linear.pad_small_rows`; on an
       H200 batch-1 decode of RecurrentGemma-2B took 2.41 instead of 3.40
-      ms per step). None: on where JAX's default backend is a GPU or the
-      model already pads (`nn.linear.default_padding`). The model itself
-      is left as it was.
+      ms per step). None: on where JAX's default backend is a GPU (measured
+      on one H200 only) or the model already pads
+      (`nn.linear.default_padding`). A model's own `pad_small_rows(model,
+      False)` reads as "not set", so pass False here to turn it off. The
+      model itself is left as it was.
   """
 
   def __init__(

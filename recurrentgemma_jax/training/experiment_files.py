@@ -20,7 +20,7 @@ import types
 
 def sibling(file: str, name: str) -> types.ModuleType:
   """The module `name`.py in the folder of `file` (an experiment file's
-  `__file__`)."""
+  `__file__`, or any path in that folder)."""
   path = pathlib.Path(file).resolve().with_name(f"{name}.py")
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no {name}.py beside {file}")

@@ -775,8 +775,7 @@ def read_workdir_config_text(workdir: str) -> str:
 
 
 def parse_workdir_config(text: str) -> ml_collections.ConfigDict:
-  """A saved config.json's text as the config, with the fields the schema
-  gained since it was saved at their defaults."""
+  """`load_workdir_config` of a config.json's text."""
   return ml_collections.ConfigDict(_with_defaults(
       json.loads(text), config_lib.base_config().to_dict()))
 

@@ -54,6 +54,18 @@ SCAN_CASES = [
      dict(block_d=128, pipeline=False)),
     (2, 19, 40, jnp.bfloat16, jnp.float32, False, True, dict(chunk=4)),
     (1, 70, 48, jnp.float32, jnp.bfloat16, True, True, {}),
+    # The next sweep's configurations (docs/benchmarks.md, "Next sweep"):
+    # the walk handed to Triton's software pipelining, and the one-pass
+    # tiled kernel with one warp and small tiles.
+    (2, 37, 100, jnp.float32, jnp.float32, False, True,
+     dict(variant="walk", pipeline=False, num_stages=3, chunk=8)),
+    (1, 29, 96, jnp.bfloat16, jnp.bfloat16, True, True,
+     dict(variant="walk", pipeline=False, num_stages=4, chunk=16)),
+    (1, 70, 40, jnp.float32, jnp.float32, False, True,
+     dict(variant="tiled", block_t=32, block_d=8, num_warps=1,
+          bwd_block_t=32)),
+    (2, 45, 48, jnp.bfloat16, jnp.bfloat16, True, True,
+     dict(variant="tiled", block_t=64, block_d=16, num_warps=1)),
 ]
 
 

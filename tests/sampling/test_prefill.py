@@ -51,14 +51,13 @@ def test_a_chunk_does_not_build_the_logits_of_every_token():
 
 def test_tiny_run_checks_against_a_forward_pass_and_the_official(
     tmp_path, monkeypatch):
-  monkeypatch.setenv("JAXTYPING_DISABLE", "1")  # restored after the test
   # As if the module had been imported hours ago (a long suite collects it
   # long before it runs): --budget_s counts from main()'s start.
   monkeypatch.setattr(prefill.sample, "T0", prefill.sample.T0 - 1e4)
   out = tmp_path / "prefill.json"
   assert prefill.main(ARGS + ["--out", str(out)]) == 0
   report = json.loads(out.read_text())
-  assert report["checks_passed"] is True
+  assert report["checks_passed"] is True and report["finished"] is True
   rows = {(r["impl"], r["case"], r.get("max_chunk")): r
           for r in report["results"]}
   assert set(rows) == {("official", "1x32", None), ("ours", "1x32", 4),
@@ -156,6 +155,7 @@ def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch,
   report = json.loads(out.read_text())
   assert [r["case"] for r in report["results"]] == ["1x16"]
   assert [c["case"] for c in report["checks"]] == ["1x16"]
-  assert report["checks_passed"] is True
+  assert report["checks_passed"] is True and report["finished"] is False
+  assert not (tmp_path / "prefill.json.tmp").exists()
   assert "check 1x16 chunk 16: worst relative logit error" in (
       capsys.readouterr().out)

@@ -1,6 +1,6 @@
-"""benchmarks/sample.py on the tiny model: our rows with padding on, off
-and by default generate the same greedy tokens, and a difference fails the
-run."""
+"""benchmarks/sample.py on the tiny model: every row starts from the same
+prefix, and each row's greedy tokens are compared with the official's and
+with our first row's."""
 
 import importlib.util
 import json
@@ -19,43 +19,47 @@ ARGS = ["--tiny", "--batches", "2", "--extra_batches", "", "--steps", "8",
         "--short_steps", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_clock(monkeypatch):
-  monkeypatch.setenv("JAXTYPING_DISABLE", "1")  # main() sets it; restored
-
-
-def test_padded_unpadded_and_default_rows_agree(tmp_path):
+def test_rows_are_compared_with_the_official_and_our_first(tmp_path):
   out = tmp_path / "sample.json"
-  assert sample.main(ARGS + ["--impls", "ours_padded,ours_unpadded,ours",
+  assert sample.main(ARGS + ["--impls", "ours_padded,ours_unpadded,official",
                              "--out", str(out)]) == 0
-  rows = json.loads(out.read_text())["results"]
-  assert [(r["impl"], r["steps"]) for r in rows] == [
-      ("ours_padded", 4), ("ours_padded", 8), ("ours_unpadded", 4),
-      ("ours_unpadded", 8), ("ours", 4), ("ours", 8)]
-  for r in rows[2:]:
-    assert r["tokens_equal_to"] == "ours_padded" and r["tokens_equal"]
-  assert "tokens_equal" not in rows[0]
+  rows = {(r["impl"], r["steps"]): r
+          for r in json.loads(out.read_text())["results"]}
+  assert set(rows) == {("ours_padded", 4), ("ours_padded", 8),
+                       ("ours_unpadded", 4), ("ours_unpadded", 8),
+                       ("official", 8)}
+  # On CPU padding changes no bit: our rows agree exactly.
+  assert rows["ours_unpadded", 8]["tokens_vs"]["ours_padded"] == {
+      "agreement": 1.0, "rows_identical": 2, "first_difference": 8}
+  assert rows["ours_unpadded", 4]["tokens_vs"]["ours_padded"][
+      "agreement"] == 1.0
+  # Against the official loop, from the same prefix on the same weights:
+  # on CPU, for this model, every token agrees (on a GPU a bfloat16 near-tie
+  # may round the other way, so the benchmark reports it, not requires it).
+  for impl in ("ours_padded", "ours_unpadded"):
+    assert rows[impl, 8]["tokens_vs"]["official"] == {
+        "agreement": 1.0, "rows_identical": 2, "first_difference": 8}
+  assert "tokens_vs" not in rows["official", 8]
+  assert "official" not in rows["ours_padded", 4].get("tokens_vs", {})
 
 
-def test_different_tokens_fail_the_run(tmp_path, monkeypatch, capsys):
-  run = sample.Ours.run
+def test_token_agreement_counts_positions_rows_and_first_differences():
+  reference = np.arange(12).reshape(3, 4)
+  got = reference.copy()
+  got[1, 2:] = -1  # row 1 differs from step 2 on
+  got[2, 0] = -1  # row 2 differs at step 0 only
+  assert sample.token_agreement(got, reference) == {
+      "agreement": 9 / 12, "rows_identical": 1, "first_difference": 2}
 
-  def unpadded_rows_go_wrong(self, steps):
-    elapsed = run(self, steps)
-    if self.sampler.pad_small_rows is False:
-      self.tokens = np.asarray(self.tokens) + 1
-    return elapsed
 
-  monkeypatch.setattr(sample.Ours, "run", unpadded_rows_go_wrong)
-  out = tmp_path / "sample.json"
-  assert sample.main(ARGS + ["--impls", "ours_padded,ours_unpadded",
-                             "--out", str(out)]) == 1
-  assert "CHECK FAILED" in capsys.readouterr().out
-  rows = json.loads(out.read_text())["results"]
-  assert [r.get("tokens_equal") for r in rows] == [None, None, False, False]
+def test_the_prefix_is_inside_the_vocabulary():
+  first = np.asarray(sample.first_tokens(64, 512))
+  assert first.min() >= 3 and first.max() < 512
 
 
 def test_unknown_impl_is_a_one_line_error(capsys):
   with pytest.raises(SystemExit):
     sample.main(["--tiny", "--impls", "ours_pad16"])
-  assert "--impls: unknown 'ours_pad16'" in capsys.readouterr().err
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].endswith("--impls: unknown 'ours_pad16'; allowed: ours, "
+                          "ours_padded, ours_unpadded, official")

@@ -65,7 +65,7 @@ def test_keeps_a_user_setting():
 
 def test_other_threads_keep_their_setting():
   """The switch is thread-local: a thread tracing while another
-  initialises does not get the CUDA lowering (nor lose its own)."""
+  initialises does not get the CUDA lowering."""
   seen = {}
   inside, leave = threading.Event(), threading.Event()
 
