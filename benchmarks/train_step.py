@@ -40,6 +40,7 @@ import os
 import statistics
 import sys
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,7 @@ import optax
 
 import pallas_kernels
 from recurrentgemma_jax import sharding
+from recurrentgemma_jax.config import ConfigError
 from recurrentgemma_jax.config import GriffinConfig
 from recurrentgemma_jax.config import block_pattern
 from recurrentgemma_jax.training import config as config_lib
@@ -145,11 +147,61 @@ def step_memory(compiled) -> dict:
   return out
 
 
+def parse_model(name: str) -> tuple[str, bool, dict[str, object]]:
+  """`griffin-plain@fused_rg_lru=false@attention_impl=xla` -> `("griffin",
+  True, {"fused_rg_lru": False, "attention_impl": "xla"})`: the family,
+  whether it trains with the plain step, and `GriffinConfig` fields to
+  override (typed by the field's annotation), for A/B rows in one process.
+  Raises ValueError naming the bad part."""
+  base, *parts = name.split("@")
+  kind = base.removesuffix("-plain")
+  if kind not in ("griffin", "hawk", "mqa", "official") or (
+      base == "official-plain"):
+    raise ValueError(f"unknown model {base!r}; allowed: griffin, hawk, mqa, "
+                     "official, and griffin-plain, hawk-plain, mqa-plain")
+  if kind == "official" and parts:
+    raise ValueError(f"{name!r}: the official model takes no overrides")
+  hints = typing.get_type_hints(GriffinConfig)
+  overrides = {}
+  for part in parts:
+    key, eq, text = part.partition("=")
+    if not eq or key not in hints:
+      raise ValueError(f"{name!r}: {part!r} is not FIELD=VALUE with a "
+                       f"GriffinConfig field; fields: {sorted(hints)}")
+    overrides[key] = _field_value(name, key, hints[key], text)
+  return kind, base.endswith("-plain"), overrides
+
+
+def _field_value(name: str, key: str, hint, text: str):
+  """`text` as a value of the GriffinConfig field `key` (annotated `hint`):
+  bool, int, float or str, or None where the field allows it."""
+  types = set(typing.get_args(hint)) or {hint}
+  if type(None) in types and text.lower() == "none":
+    return None
+  if bool in types:
+    if text.lower() not in ("true", "false"):
+      raise ValueError(f"{name!r}: {key} takes true or false, got {text!r}")
+    return text.lower() == "true"
+  for kind in (int, float):
+    if kind in types:
+      try:
+        return kind(text)
+      except ValueError:
+        raise ValueError(f"{name!r}: {key} takes {kind.__name__}"
+                         f"{' or none' if type(None) in types else ''}, got "
+                         f"{text!r}") from None
+  if str in types:
+    return text
+  raise ValueError(f"{name!r}: {key} ({hint}) cannot be set from --models")
+
+
 def ours(kind: str, args, batch_size: int, seq_len: int,
-         scan_impl: str = "auto", plain: bool = False):
+         scan_impl: str = "auto", plain: bool = False,
+         overrides: dict[str, object] | None = None):
   """Our model trained by `recurrentgemma_jax.train`'s step, or with
-  `plain` by the same plain step the official model gets."""
-  config = model_config(kind, args, scan_impl)
+  `plain` by the same plain step the official model gets; `overrides`:
+  GriffinConfig fields (`parse_model`)."""
+  config = model_config(kind, args, scan_impl).replace(**(overrides or {}))
   train_cfg = train_config(args)
   tx = optimizer_lib.make_optimizer(train_cfg)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
@@ -301,7 +353,9 @@ def main(argv=None) -> None:
   p.add_argument("--models", default="griffin,hawk,mqa,official",
                  help="comma-separated: griffin, hawk, mqa, official; a "
                  "`-plain` suffix (griffin-plain) trains ours with the "
-                 "official model's plain step")
+                 "official model's plain step; `@FIELD=VALUE` suffixes "
+                 "override GriffinConfig fields of ours, for A/B rows in "
+                 "one process (griffin@fused_rg_lru=false)")
   p.add_argument("--width", type=int, default=1024)
   p.add_argument("--depth", type=int, default=12)
   p.add_argument("--heads", type=int, default=8)
@@ -325,11 +379,14 @@ def main(argv=None) -> None:
                  "trace under this folder")
   args = p.parse_args(argv)
   names = args.models.split(",")
-  known = {"griffin", "hawk", "mqa", "official"}
+  models = {}
   for name in names:
-    if name.removesuffix("-plain") not in known or name == "official-plain":
-      p.error(f"--models: unknown model {name!r}; allowed: "
-              f"{sorted(known)}, and griffin-plain, hawk-plain, mqa-plain")
+    try:
+      models[name] = kind, _, overrides = parse_model(name)
+      if kind != "official":  # the values too, before anything is built
+        model_config(kind, args).replace(**overrides)
+    except (ValueError, ConfigError) as e:
+      p.error(f"--models: {e}")
 
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)
@@ -343,15 +400,15 @@ def main(argv=None) -> None:
         f"{'step GB':>8s} {'init s':>7s} {'compile s':>9s}", flush=True)
   for b, t in shapes:
     for name in names:
-      kind = name.removesuffix("-plain")
+      kind, plain, overrides = models[name]
       impl = ("official default" if name == "official"
               else pallas_kernels.resolve_impl("auto"))
       try:
         if name == "official":
           config, result, n = official(args, b, t)
         else:
-          config, result, n = ours(kind, args, b, t,
-                                   plain=name.endswith("-plain"))
+          config, result, n = ours(kind, args, b, t, plain=plain,
+                                   overrides=overrides)
       except Exception as e:  # pylint: disable=broad-except
         # Report a kernel that fails on this device, then measure the
         # pure-JAX scan instead of losing the whole run.
@@ -360,13 +417,14 @@ def main(argv=None) -> None:
         if name == "official" or impl == "associative":
           continue
         impl = "associative"
-        config, result, n = ours(kind, args, b, t, impl,
-                                 plain=name.endswith("-plain"))
+        config, result, n = ours(kind, args, b, t, impl, plain=plain,
+                                 overrides=overrides)
       seconds = result["seconds"]
       tokens_per_s = b * t / seconds
       fl = flops.train_flops_per_token(config, t) * tokens_per_s
       mfu = fl / peak if peak else float("nan")
-      row = {"model": name, "batch": b, "seq_len": t, "params": n,
+      row = {"model": name, "overrides": overrides, "batch": b,
+             "seq_len": t, "params": n,
              "step_ms": 1e3 * seconds, "min_ms": 1e3 * result["min_s"],
              "max_ms": 1e3 * result["max_s"],
              "pipelined_ms": 1e3 * result["pipelined_s"],

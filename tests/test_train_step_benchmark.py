@@ -41,3 +41,39 @@ def test_unknown_model_is_refused(capsys):
   with pytest.raises(SystemExit):
     bench.main(TINY + ["--models", "griffin,official-plain"])
   assert "unknown model 'official-plain'" in capsys.readouterr().err
+
+
+def test_config_overrides_make_ab_rows_in_one_process(tmp_path):
+  out = tmp_path / "rows.jsonl"
+  bench.main(TINY + ["--models", "griffin,griffin@mlp_expanded_width=64",
+                     "--out", str(out)])
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["overrides"] for r in rows] == [{}, {"mlp_expanded_width": 64}]
+  # The override reached the model: a narrower MLP has fewer parameters.
+  assert rows[1]["params"] < rows[0]["params"]
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("griffin", ("griffin", False, {})),
+    ("hawk-plain@fused_rg_lru=false@attention_impl=xla",
+     ("hawk", True, {"fused_rg_lru": False, "attention_impl": "xla"})),
+    ("mqa@attention_window_size=512@lru_width=none",
+     ("mqa", False, {"attention_window_size": 512, "lru_width": None})),
+])
+def test_parse_model(name, parsed):
+  assert bench.parse_model(name) == parsed
+
+
+@pytest.mark.parametrize("name, message", [
+    ("griffin@widht=3", "'widht=3' is not FIELD=VALUE with a GriffinConfig"),
+    ("griffin@fused_rg_lru=maybe", "fused_rg_lru takes true or false"),
+    ("official@width=3", "the official model takes no overrides"),
+    ("griffin@width=wide", "width takes int, got 'wide'"),
+    ("griffin@block_types=rra", "block_types (tuple"),
+    ("griffin@attention_impl=fast", "attention_impl"),
+])
+def test_bad_overrides_are_refused_before_anything_runs(name, message,
+                                                         capsys):
+  with pytest.raises(SystemExit):
+    bench.main(TINY + ["--models", f"griffin,{name}"])
+  assert message in capsys.readouterr().err
