@@ -315,8 +315,11 @@ def _main(argv=None) -> int:
   vocab = ours_model.config.vocab_size
   log(f"random {args.dtype} weights: {sample.bytes_of(params) / 1e9:.2f} GB")
 
-  results, checks = [], []
+  results, checks, skipped = [], [], []
   rng = np.random.default_rng(args.seed)
+
+  def passed() -> bool:
+    return bool(checks) and all(c["ok"] for c in checks)
 
   def save(ratios=None):
     # After every case too: a run cut short by its time limit keeps what it
@@ -326,14 +329,16 @@ def _main(argv=None) -> int:
       with open(args.out + ".tmp", "w", encoding="utf-8") as f:
         json.dump({"env": env, "args": vars(args), "tolerance": tolerance,
                    "results": results, "checks": checks,
-                   "ratios": ratios or {}, "finished": ratios is not None,
-                   "checks_passed": bool(checks) and all(
-                       c["ok"] for c in checks)}, f, indent=1)
+                   "ratios": ratios or {}, "skipped": skipped,
+                   # Every case measured and checked.
+                   "finished": ratios is not None and not skipped,
+                   "checks_passed": passed()}, f, indent=1)
       os.replace(args.out + ".tmp", args.out)
 
   for b, p in cases:
     if sample.elapsed_s() > args.budget_s:
       log(f"skip {b}x{p}: past the time budget")
+      skipped.append(f"{b}x{p}")
       continue
     case = f"{b}x{p}"
     # The prompt and one more token (for the cache-continued logits).
@@ -403,8 +408,11 @@ def _main(argv=None) -> int:
         ratios[f"ours/official {o['case']} chunk {o['max_chunk']}"] = (
             o["tokens_per_s"] / base["tokens_per_s"])
   _print_tables(results, checks, ratios)
-  ok = all(c["ok"] for c in checks)
+  ok = passed()
   save(ratios)
+  if not checks:
+    print("CHECK FAILED: no case was measured (every one past --budget_s)")
+    return 1
   if not ok:
     print("CHECK FAILED: prefill logits differ beyond the tolerance "
           f"({tolerance:g}); see the checks above")

@@ -13,7 +13,10 @@ configuration, trained by a plain step written the usual way (bfloat16
 logits cast to float32, integer-label cross-entropy, masked mean, AdamW).
 Ours trains with the step `recurrentgemma_jax.train` runs; `griffin-plain`
 (and `hawk-plain`, `mqa-plain`) trains ours with the official model's plain
-step instead. `--long` also runs every model at 4x the length and 1/4 of
+step instead. `@FIELD=VALUE` suffixes set GriffinConfig fields of our
+rows (`--models griffin,griffin@fused_rg_lru=false`: an A/B in one
+process; `width` does not carry `lru_width` or `mlp_expanded_width`, which
+this benchmark sets itself). `--long` also runs every model at 4x the length and 1/4 of
 the batch (the same tokens per step; MQA's global attention then costs
 4x the attention FLOPs per token, which its MFU counts). `--overhead`
 times the dispatch cost of our functional step (`nnx.merge` inside
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -197,10 +201,10 @@ def _field_value(name: str, key: str, hint, text: str):
 
 def ours(kind: str, args, batch_size: int, seq_len: int,
          scan_impl: str = "auto", plain: bool = False,
-         overrides: dict[str, object] | None = None):
+         overrides: dict[str, object] | None = None, label: str = ""):
   """Our model trained by `recurrentgemma_jax.train`'s step, or with
   `plain` by the same plain step the official model gets; `overrides`:
-  GriffinConfig fields (`parse_model`)."""
+  GriffinConfig fields (`parse_model`); `label`: the --profile name."""
   config = model_config(kind, args, scan_impl).replace(**(overrides or {}))
   train_cfg = train_config(args)
   tx = optimizer_lib.make_optimizer(train_cfg)
@@ -223,10 +227,11 @@ def ours(kind: str, args, batch_size: int, seq_len: int,
     step = jax.jit(step_lib.make_train_step(
         spec.graphdef, tx, optimizer_lib.learning_rate_schedule(train_cfg)),
         donate_argnums=(0,))
-  batch = make_batch(batch_size, seq_len, args.vocab)
+  batch = make_batch(batch_size, seq_len, config.vocab_size)
   result, compiled = time_steps(step, state, batch, args.steps, args.warmup)
   if not plain:
-    profile(args, f"{kind}_{batch_size}x{seq_len}", compiled, batch,
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", label or kind)
+    profile(args, f"{name}_{batch_size}x{seq_len}", compiled, batch,
             lambda: state_lib.init_train_state(spec, tx, seed=0))
   return config, {**result, "init_s": init_s}, state_lib.num_params(spec)
 
@@ -408,17 +413,19 @@ def main(argv=None) -> None:
           config, result, n = official(args, b, t)
         else:
           config, result, n = ours(kind, args, b, t, plain=plain,
-                                   overrides=overrides)
+                                   overrides=overrides, label=name)
       except Exception as e:  # pylint: disable=broad-except
         # Report a kernel that fails on this device, then measure the
         # pure-JAX scan instead of losing the whole run.
         print(f"{name}: FAILED with scan {impl}: "
               f"{str(e).strip().splitlines()[0][:200]}", flush=True)
-        if name == "official" or impl == "associative":
+        # An A/B row that chose its scan itself gets no substitute.
+        if name == "official" or impl == "associative" or (
+            "scan_impl" in overrides):
           continue
         impl = "associative"
         config, result, n = ours(kind, args, b, t, impl, plain=plain,
-                                 overrides=overrides)
+                                 overrides=overrides, label=name)
       seconds = result["seconds"]
       tokens_per_s = b * t / seconds
       fl = flops.train_flops_per_token(config, t) * tokens_per_s
@@ -433,7 +440,8 @@ def main(argv=None) -> None:
                  config, t), **{k: v for k, v in result.items()
                                 if k not in ("seconds", "min_s", "max_s",
                                              "pipelined_s")},
-             "scan_impl": impl, "attention_impl": args.attention_impl,
+             "scan_impl": config.scan_impl if "scan_impl" in overrides
+             else impl, "attention_impl": config.attention_impl,
              "device": device.device_kind, "jax": jax.__version__}
       step_gb = result.get("step_bytes", float("nan")) / 1e9
       spread = f"{1e3 * result['min_s']:.1f}-{1e3 * result['max_s']:.1f}"

@@ -47,8 +47,8 @@ HELP = {
 
 @pytest.mark.parametrize("verb", cli.MOVED)
 def test_the_former_module_entry_points_still_run_their_verb(verb):
-  """`python -m recurrentgemma_jax.train` (and the other modules the verbs
-  replaced) runs the verb, with a note of the new spelling."""
+  """`python -m recurrentgemma_jax.sample` (and the other modules the verbs
+  replaced, `cli.MOVED`) runs the verb, with a note of the new spelling."""
   result = _run("-m", f"recurrentgemma_jax.{verb}", "--help")
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"is now `recurrentgemma {verb}`" in result.stderr

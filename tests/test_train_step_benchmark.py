@@ -4,6 +4,7 @@ bad model name fails before anything is built."""
 
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -70,10 +71,21 @@ def test_parse_model(name, parsed):
     ("official@width=3", "the official model takes no overrides"),
     ("griffin@width=wide", "width takes int, got 'wide'"),
     ("griffin@block_types=rra", "block_types (tuple"),
-    ("griffin@attention_impl=fast", "attention_impl"),
+    ("griffin@attention_impl=fast", "attention_impl: 'fast' is not one of"),
 ])
 def test_bad_overrides_are_refused_before_anything_runs(name, message,
                                                          capsys):
   with pytest.raises(SystemExit):
     bench.main(TINY + ["--models", f"griffin,{name}"])
   assert message in capsys.readouterr().err
+
+
+def test_an_ab_row_records_its_own_settings_and_profile(tmp_path):
+  out = tmp_path / "rows.jsonl"
+  bench.main(TINY + ["--models", "griffin@attention_impl=xla@vocab_size=48",
+                     "--out", str(out), "--profile", str(tmp_path / "prof")])
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert row["attention_impl"] == "xla"
+  assert math.isfinite(row["loss"])  # the batch's ids fit the 48 tokens
+  names = {p.name for p in (tmp_path / "prof").iterdir()}
+  assert "griffin_attention_impl_xla_vocab_size_48_4x16.hlo.txt" in names

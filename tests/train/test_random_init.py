@@ -43,7 +43,9 @@ def test_switches_only_on_one_gpu_and_restores(devices, inside):
 
 @pytest.mark.parametrize("thread_local", [True, False])
 def test_restores_after_an_error(thread_local, monkeypatch):
-  if not thread_local:  # a JAX without the option's context: global flag
+  if thread_local:  # this JAX has the option's thread-local context
+    assert state_lib._thread_local_threefry_kernel() is not None  # pylint: disable=protected-access
+  else:  # a JAX without it: the global flag is set and restored
     monkeypatch.setattr(state_lib, "_thread_local_threefry_kernel",
                         lambda: None)
   with pytest.raises(RuntimeError, match="boom"):
