@@ -237,8 +237,15 @@ class WorkdirLock:
       return {}
 
   def _write(self) -> None:
-    self.path.write_text(json.dumps({**self.record,
-                                     "heartbeat": time.time()}))
+    text = json.dumps({**self.record, "heartbeat": time.time()})
+    if "://" in self.workdir:  # an object store writes an object whole
+      self.path.write_text(text)
+      return
+    # A local file is truncated, then written: a reader in between would see
+    # no holder and take the lock. Write aside and rename over it instead.
+    aside = self.path.parent / f".{LOCK_FILE}.{self._token}"
+    aside.write_text(text)
+    os.replace(aside, self.path)
 
   def _stale(self, record: dict[str, Any]) -> bool:
     if record.get("host") == socket.gethostname():

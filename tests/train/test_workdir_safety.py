@@ -163,6 +163,20 @@ def test_without_flock_the_lock_is_a_heartbeat_record(tmp_path):
   second.release()
 
 
+def test_a_heartbeat_never_shows_readers_an_empty_record(tmp_path):
+  """A reader between truncate and write would see no holder and take over."""
+  path = tmp_path / workdir_lib.LOCK_FILE
+  holder = workdir_lib.WorkdirLock(str(tmp_path), use_flock=False,
+                                   heartbeat_s=0.0005)
+  holder.acquire()
+  try:
+    texts = [path.read_text() for _ in range(20000)]
+  finally:
+    holder.release()
+  assert len({json.loads(text)["heartbeat"] for text in texts}) > 10
+  assert not list(tmp_path.iterdir())  # no record left aside
+
+
 # Config changes on resume -----------------------------------------------------
 
 
