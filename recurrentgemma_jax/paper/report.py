@@ -21,7 +21,6 @@ our Griffin and the official one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,6 +28,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from recurrentgemma_jax import files
 from recurrentgemma_jax import plotting
 from recurrentgemma_jax.paper import figures as figures_lib
 from recurrentgemma_jax.paper import scaling
@@ -315,10 +315,9 @@ def write_report(outdir: str, figures: str) -> str:
   if not sections:
     raise FileNotFoundError(f"no finished runs under {outdir}")
   text = "\n\n".join(sections) + "\n"
-  with open(os.path.join(outdir, "summary.md"), "w", encoding="utf-8") as f:
-    f.write(text)
-  with open(os.path.join(outdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(numbers, f, indent=1)
+  # Aside and renamed: an interrupted report keeps the last whole summary.
+  files.write_text_atomic(os.path.join(outdir, "summary.md"), text)
+  files.write_json_atomic(os.path.join(outdir, "summary.json"), numbers)
   return text
 
 

@@ -9,7 +9,6 @@ stops the runs at a checkpoint; running the same jobs again continues them.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import platform
 import signal
@@ -20,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from recurrentgemma_jax import files
 from recurrentgemma_jax.paper import studies
 from recurrentgemma_jax.paper.studies import Job
 from recurrentgemma_jax.paper.studies import read_json
@@ -147,10 +147,7 @@ def _shell(cmd: Sequence[str]) -> str:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  files.write_json_atomic(path, value)
 
 
 def run_jobs(jobs: Sequence[Job], *, size: str, overrides: Sequence[str],

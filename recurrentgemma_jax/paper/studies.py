@@ -71,6 +71,10 @@ STUDIES: dict[str, Study] = {
                              "Induction heads",
                              multipliers=(1, 2, 4, 8, 16, 32, 64)),
     "mqar": Study("experiments/mqar.py", "Multi-query associative recall"),
+    # Width 128 and 8 pairs, sized for 2 CPU cores (docs/results.md).
+    "mqar_wide": Study("experiments/mqar.py",
+                       "Multi-query associative recall, width 128, 8 pairs",
+                       config_arg="size=wide", sizes=("paper",)),
     # The corpus is the run's (lm.py's default or --config_arg=lm:files=).
     "lm": Study("experiments/lm.py", "Byte-level language modelling",
                 config_arg="size=small",

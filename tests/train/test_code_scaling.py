@@ -175,7 +175,8 @@ def test_compute_matched_interpolates_the_baseline_in_log_flops():
     ("runlocal", ["hawk", "griffin", "mqa"],
      ["selective_copy", "induction_heads", "mqar", "lm"]),
     ("paper", ["hawk"],
-     ["selective_copy", "induction_heads", "mqar", "lm", "code_scaling"]),
+     ["selective_copy", "induction_heads", "mqar", "mqar_wide", "lm",
+      "code_scaling"]),
 ])
 def test_all_studies_are_those_with_the_size_and_models(size, models,
                                                         expected):

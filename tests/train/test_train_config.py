@@ -63,6 +63,28 @@ def test_synthetic_models_match_the_paper_setup(kind):
   assert config.seq_len == 1024 and config.data.num_tokens == 16
 
 
+@pytest.mark.parametrize("kind", ["griffin", "hawk", "mqa"])
+def test_mqar_wide_is_learnable_size_and_checked(kind):
+  """size=wide (docs/results.md, MQAR): width 128, 8 pairs, queries mostly
+  more than Griffin's window after their keys."""
+  module = _load(train_testlib.REPO / "experiments" / "mqar.py")
+  config = config_lib.validate(module.get_config(f"model={kind},size=wide"))
+  model = config_lib.build_model_config(config.model,
+                                        vocab_size=config.data.vocab_size)
+  assert (model.width, model.lru_width, model.num_layers) == (128, 128, 5)
+  assert (model.num_heads, model.mlp_expanded_width) == (2, 384)
+  assert (config.seq_len, config.batch_size) == (128, 32)
+  assert (config.data.vocab_size, config.data.num_pairs) == (512, 8)
+  window = {"griffin": 32, "hawk": 32, "mqa": None}[kind]
+  assert model.attention_window_size == window
+  paper = module.get_config(f"model={kind}")
+  assert (paper.model.width, paper.data.num_pairs) == (64, 32)
+  with pytest.raises(ConfigError, match="size='huge': expected paper or wide"):
+    module.get_config("size=huge")
+  with pytest.raises(ConfigError, match="give one"):
+    module.get_config("size=wide,runlocal")
+
+
 def test_paper_scaling_budgets():
   module = _load(train_testlib.REPO / "experiments" / "paper_scaling.py")
   config = module.get_config("model=hawk,size=400m")
