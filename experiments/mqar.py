@@ -6,6 +6,10 @@ value. Keys and values come from disjoint halves of an 8192-token
 vocabulary. Five blocks of width 64 (the copy-task model); Griffin's third
 block is local attention.
 
+Arguments: model=griffin|hawk|mqa; size=paper (default: the above) or
+wide (width 128, 8 pairs, vocabulary 512, sequences of 128, Griffin's
+window 32, 2000 steps of batch 32; `WIDE` below); runlocal.
+
 Command (model = griffin | hawk | mqa):
   recurrentgemma train \
       --config=experiments/mqar.py:model=griffin --workdir=/tmp/mqar_griffin
@@ -19,8 +23,11 @@ an eval accuracy of 0.29 for Griffin (chance 1/32 = 0.03), measured.
 Runtime: runlocal, 7.7 minutes wall on 2 CPU cores shared with other jobs
 (2.3 CPU-minutes of compute). At full size no model learned the task in
 17.75k steps on H200 (accuracy 0.002-0.005, about 14 minutes per run with
-six runs sharing a GPU; docs/results.md). Why was not tested; a wider
-model or fewer pairs are the first things to try.
+six runs sharing a GPU; docs/results.md). Why was not tested. size=wide
+after 2000 steps (measured, 2 CPU cores, three runs sharing them, about
+50 minutes each): MQA 0.132 (stuck near 1/8, a value of the sequence
+picked without the lookup), Griffin 0.026, Hawk 0.016 (chance 1/256); it
+needs more steps (docs/results.md, Section 3b).
 """
 
 from recurrentgemma_jax.training import experiment_files
