@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from recurrentgemma_jax import files
 from recurrentgemma_jax.paper import studies
@@ -103,7 +102,7 @@ class Runner:
         train_seconds=record.get("train_seconds", 0.0),
         eval_seconds=record.get("eval_seconds", 0.0),
         started=record.get("started", time.strftime("%Y-%m-%d %H:%M:%S")))
-    _write_json(record_path, record)
+    files.write_json_atomic(record_path, record)
     with open(os.path.join(job.workdir, "log.txt"), "a",
               encoding="utf-8") as log:
       for stage, cmd in (("train", train), ("eval", evaluate)):
@@ -115,17 +114,17 @@ class Runner:
         if code != 0 or self.stopping:
           record["status"] = "stopped" if self.stopping else "failed"
           record["returncode"] = code
-          _write_json(record_path, record)
+          files.write_json_atomic(record_path, record)
           return record
         record[f"{stage}_done"] = True
-        _write_json(record_path, record)
+        files.write_json_atomic(record_path, record)
     if "eval" not in stages:
       record["status"] = "trained"
-      _write_json(record_path, record)
+      files.write_json_atomic(record_path, record)
       return record
     record["status"] = "done"
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    _write_json(record_path, record)
+    files.write_json_atomic(record_path, record)
     return record
 
 
@@ -144,10 +143,6 @@ def _shell(cmd: Sequence[str]) -> str:
   import shlex  # pylint: disable=g-import-not-at-top
   parts = ["python" if c == sys.executable else c for c in cmd]
   return " ".join(shlex.quote(p.replace(REPO + os.sep, "")) for p in parts)
-
-
-def _write_json(path: str, value: Any) -> None:
-  files.write_json_atomic(path, value)
 
 
 def run_jobs(jobs: Sequence[Job], *, size: str, overrides: Sequence[str],
